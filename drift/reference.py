@@ -1,0 +1,113 @@
+"""Reference log-probs: one frozen forward per unique sequence, cached on disk.
+
+The cache file is named by a fingerprint of the reference weights, and each entry is keyed by a
+hash of the sequence's token ids (and its prompt/response boundary), so a cached value can never
+be applied to another sequence or to another reference model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from drift.parallel import Runtime, barrier, sequence_logps
+from drift.tokenize import TokenSequence, collate_sequences
+
+
+def weights_fingerprint(model: nn.Module, runtime: Runtime) -> str:
+    """Hash of every parameter's full values, by name; the same for any number of ranks.
+
+    Call it before sharding: each rank hashes a disjoint share of the tensors and the digests
+    are gathered, so the cost is split across ranks.
+    """
+    named = sorted((name, tensor) for name, tensor in model.state_dict().items())
+    digests = {}
+    for index, (name, tensor) in enumerate(named):
+        if index % runtime.world_size != runtime.rank:
+            continue
+        data = tensor.detach().contiguous().cpu()
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{name}:{tuple(data.shape)}:{tensor.dtype}".encode())
+        digest.update(data.numpy().tobytes())
+        digests[name] = digest.hexdigest()
+    if runtime.distributed:
+        gathered: list[dict] = [None] * runtime.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, digests)
+        digests = {name: value for part in gathered for name, value in part.items()}
+    combined = hashlib.sha256("".join(f"{name}={digests[name]};" for name, _ in named).encode())
+    return combined.hexdigest()[:32]
+
+
+class ReferenceCache:
+    """{sequence key: summed response log-prob} for one reference model, in one JSON file."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.path = Path(folder) / f"reference_{fingerprint}.json"
+        self.fingerprint = fingerprint
+        self.values: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def missing(self, sequences: list[TokenSequence]) -> list[TokenSequence]:
+        unique = {sequence.key: sequence for sequence in sequences}
+        return [sequence for key, sequence in sorted(unique.items()) if key not in self.values]
+
+    def lookup(self, sequence: TokenSequence) -> float:
+        try:
+            return self.values[sequence.key]
+        except KeyError:
+            raise KeyError(
+                f"no cached reference log-prob for a sequence of {len(sequence)} tokens under reference "
+                f"{self.fingerprint}; compute_missing() must run before training reads the cache"
+            ) from None
+
+    def update(self, values: dict[str, float], runtime: Runtime) -> None:
+        self.values.update(values)
+        if runtime.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            with os.fdopen(handle, "w") as stream:
+                json.dump(self.values, stream)
+            os.replace(staging, self.path)
+        barrier(runtime)
+
+
+@torch.no_grad()
+def compute_sequence_logps(
+    model: nn.Module, sequences: list[TokenSequence], runtime: Runtime, *, batch_size: int, pad_id: int
+) -> dict[str, float]:
+    """Summed response log-probs for ``sequences``, split across ranks, gathered on every rank.
+
+    Under FSDP every rank must run the same number of forwards, so short shares repeat their
+    last sequence (its duplicate result is simply overwritten).
+    """
+    share = sequences[runtime.rank :: runtime.world_size]
+    per_rank = -(-len(sequences) // runtime.world_size)
+    if share and len(share) < per_rank:
+        share = share + [share[-1]] * (per_rank - len(share))
+    if not share and per_rank:
+        share = [sequences[0]] * per_rank
+    # longest first so padding inside a batch stays small
+    share = sorted(share, key=len, reverse=True)
+    was_training = model.training
+    model.eval()
+    results: dict[str, float] = {}
+    for start in range(0, len(share), batch_size):
+        chunk = share[start : start + batch_size]
+        batch = collate_sequences(chunk, pad_id).to(runtime.device)
+        totals, _ = sequence_logps(model, batch)
+        for sequence, value in zip(chunk, totals.double().cpu().tolist()):
+            results[sequence.key] = value
+    model.train(was_training)
+    if runtime.distributed:
+        gathered: list[dict] = [None] * runtime.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, results)
+        results = {key: value for part in gathered for key, value in part.items()}
+    return results
