@@ -41,15 +41,19 @@ def _full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None)
     return model_state, optimizer_state
 
 
-def _strip_wrapper_prefix(state: dict) -> dict:
-    return {key.removeprefix("causal_lm."): value for key, value in state.items()}
+def _hf_state(model: nn.Module, state: dict) -> dict:
+    """Wrapper keys -> HF keys; a tied head is the embedding, so it is not written twice."""
+    state = {key.removeprefix("causal_lm."): value for key, value in state.items()}
+    if getattr(model.causal_lm.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
 
 
 def save_policy(model: nn.Module, tokenizer, folder: Path, runtime: Runtime) -> None:
     """The policy alone, as an HF folder (what the sampler and the next iteration load)."""
     model_state, _ = _full_state_dicts(model, None)
     if runtime.is_main:
-        save_hf_checkpoint(model.causal_lm, tokenizer, _strip_wrapper_prefix(model_state), Path(folder))
+        save_hf_checkpoint(model.causal_lm, tokenizer, _hf_state(model, model_state), Path(folder))
     barrier(runtime)
 
 
@@ -61,7 +65,7 @@ def save_checkpoint(model: nn.Module, optimizer, tokenizer, state: TrainerState,
     target = Path(stage_dir) / CHECKPOINT
     if runtime.is_main:
         staging = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=stage_dir))
-        model.causal_lm.save_pretrained(staging, state_dict=_strip_wrapper_prefix(model_state), safe_serialization=True)
+        model.causal_lm.save_pretrained(staging, state_dict=_hf_state(model, model_state), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         torch.save(optimizer_state, staging / OPTIMIZER_FILE)

@@ -160,7 +160,10 @@ def validate(config: Config) -> None:
         f"method.reference must be 'iteration_start' or 'initial', got {m.reference!r}",
     )
     _require(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
-    _require(t.optimizer in ("rmsprop", "adamw"), f"trainer.optimizer must be 'rmsprop' or 'adamw', got {t.optimizer!r}")
+    _require(
+        t.optimizer in ("rmsprop", "adamw", "sgd"),
+        f"trainer.optimizer must be 'rmsprop', 'adamw' or 'sgd', got {t.optimizer!r}",
+    )
     _require(
         t.lr_schedule in ("linear", "constant", "cosine"),
         f"trainer.lr_schedule must be 'linear', 'constant' or 'cosine', got {t.lr_schedule!r}",

@@ -106,6 +106,9 @@ def compute_sequence_logps(
         for sequence, value in zip(chunk, totals.double().cpu().tolist()):
             results[sequence.key] = value
     model.train(was_training)
+    if hasattr(model, "reshard"):
+        # FSDP keeps the root unsharded after a forward with no backward; put it back
+        model.reshard()
     if runtime.distributed:
         gathered: list[dict] = [None] * runtime.world_size  # type: ignore[list-item]
         dist.all_gather_object(gathered, results)

@@ -63,6 +63,16 @@ def micro_batches_for_rank(step_pairs: list[int], world_size: int, accum_steps: 
     return [slots[micro * world_size + rank] for micro in range(accum_steps)]
 
 
+def build_optimizer(name: str, parameters: list, lr: float) -> torch.optim.Optimizer:
+    # torch defaults, as HF's optim="rmsprop" / "adamw_torch" use them; sgd is linear in the
+    # gradient, which makes it the sharpest check that two setups compute the same gradient
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    return torch.optim.SGD(parameters, lr=lr)
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
@@ -156,15 +166,13 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
         # fingerprint the full weights before sharding; the starting policy is the reference
         state.reference_fingerprint = weights_fingerprint(policy.causal_lm, runtime)
     policy = shard(policy, runtime)
-    cache = _ensure_reference(config, runtime, stage, policy, checkpoint is None, state, tokenizer)
-    policy.train()
+    # the optimizer must see the sharded parameters: build it before any forward unshards them
     parameters = [p for p in policy.parameters() if p.requires_grad]
-    if t.optimizer == "rmsprop":
-        optimizer = torch.optim.RMSprop(parameters, lr=t.lr)
-    else:
-        optimizer = torch.optim.AdamW(parameters, lr=t.lr, weight_decay=0.0)
+    optimizer = build_optimizer(t.optimizer, parameters, t.lr)
     if checkpoint is not None:
         load_optimizer(policy, optimizer, checkpoint)
+    cache = _ensure_reference(config, runtime, stage, policy, checkpoint is None, state, tokenizer)
+    policy.train()
 
     pairs = stage.pairs
     global_batch = t.per_device_batch_size * runtime.world_size * t.grad_accum_steps

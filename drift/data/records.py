@@ -32,6 +32,8 @@ class DsatCase:
     feedback: str
     # the revision the next user turn marked SAT, when the conversation has one (a seed pair)
     sat_revision: str | None = None
+    # the annotation's State of the feedback turn (FEEDBACK | REFINEMENT | REVISION | CONTINUATION)
+    feedback_state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Rejected:
     record_id: str
     reason: str
     detail: str = ""
+    # where the record is in the input, "file:line" (or "hub/split:row"), to find it by hand
+    location: str = ""
 
 
 @dataclass
@@ -59,5 +63,8 @@ class Records:
     dsat_cases: list[DsatCase] = field(default_factory=list)
     sat_replies: list[SatReply] = field(default_factory=list)
     seed_pairs: list[PreferencePair] = field(default_factory=list)
+    # pairs a source gives ready-made, with no user feedback turn: UltraFeedback, and the
+    # `wildfeedback` config of microsoft/WildFeedback (see drift/data/sources.py)
+    preference_pairs: list[PreferencePair] = field(default_factory=list)
     rejects: list[Rejected] = field(default_factory=list)
     report: dict = field(default_factory=dict)
