@@ -4,6 +4,9 @@
   torchrun --nproc-per-node 8 launch/train.py method=drift model=qwen14b
 """
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -12,13 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from drift.config import config_from_dict
+    from drift.config import ConfigError, config_from_dict
     from drift.pipeline import format_summary, run
 
     raw = OmegaConf.to_container(cfg, resolve=True)
-    config = config_from_dict(raw)
+    try:
+        config = config_from_dict(raw)
+    except ConfigError as error:
+        # a clean sentence, not a traceback: nothing has been loaded yet
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
     summary = run(config, HydraConfig.get().runtime.output_dir, raw)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary))
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from drift.model import build_byte_tokenizer, load_model
 from tests.tiny import tiny_config
 
-SCRIPT = Path(__file__).parent / "dist_one_step.py"
+SCRIPT = Path(__file__).parent / "tiny_stage.py"
 
 
 def _run(command: list[str]) -> None:
@@ -25,8 +25,8 @@ def test_fsdp2_step_on_two_processes_equals_single_process_step(tmp_path):
     # SGD makes the update linear in the gradient, so this checks the gradient itself (sharding,
     # reduce-scatter averaging, accumulation and the loss normalizers), not just its sign.
     single, sharded = tmp_path / "single", tmp_path / "sharded"
-    _run([sys.executable, str(SCRIPT), str(single), "8", "1", "sgd"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(SCRIPT), str(sharded), "2", "2", "sgd"])
+    _run([sys.executable, str(SCRIPT), str(single), "8", "1", "sgd", "8", "1"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(SCRIPT), str(sharded), "2", "2", "sgd", "8", "1"])
     single_weights = load_file(single / "stage" / "model" / "model.safetensors")
     sharded_weights = load_file(sharded / "stage" / "model" / "model.safetensors")
     assert sorted(single_weights) == sorted(sharded_weights)

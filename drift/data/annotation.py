@@ -7,7 +7,8 @@ CONTINUATION) and the labels ``Satisfaction`` / ``Disatisfaction``. The labels o
 judge the Agent reply just before it.
 
 Conversations are grouped by a conversation-id column when there is one (`data.conversation_key`),
-otherwise a new conversation starts where UtterranceId restarts at 0; inside one they are ordered
+otherwise a new conversation starts where UtterranceId restarts at 0 (rows must then be in file
+order, and a repeated UtterranceId 0 row starts a new conversation); inside one they are ordered
 by (TurnId, UtterranceId).
 
 Extraction, for a User turn u_i (i >= 2) judging the Agent reply a_{i-1}:
@@ -28,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from drift.data.config import CONVERSATION_KEY_CANDIDATES, DataConfig
-from drift.data.io import SchemaError, SourceRows, require_columns
+from drift.data.files import SchemaError, SourceRows, require_columns
 from drift.data.records import DsatCase, PreferencePair, Records, Rejected, SatReply
 
 COLUMNS = ("UtterranceId", "TurnId", "Role", "Content", "State", "Satisfaction", "Disatisfaction")

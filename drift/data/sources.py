@@ -34,7 +34,7 @@ from pathlib import Path
 
 from drift.data.annotation import freeze_messages, load_annotation
 from drift.data.config import DataConfig
-from drift.data.io import SchemaError, SourceRows, read_rows, require_columns
+from drift.data.files import SchemaError, SourceRows, read_rows, require_columns
 from drift.data.records import DsatCase, PreferencePair, Records, Rejected
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
@@ -175,6 +175,10 @@ def load_ultrafeedback(source: SourceRows, binarize_seed: int) -> Records:
             f"{source.label}: not an UltraFeedback file: needs prompt, chosen, rejected "
             f"(HuggingFaceH4/ultrafeedback_binarized) or instruction, completions (openbmb/UltraFeedback); "
             f"columns found: {found}")
+    if schema == "ultrafeedback_binarized" and source.rows and isinstance(source.rows[0][1].get("prompt"), list):
+        raise SchemaError(
+            f"{source.label}: `prompt` is a list of messages, but ultrafeedback_binarized has the prompt "
+            "as text (and chosen/rejected as full conversations); for the paper code's jsonl use data=drift_jsonl")
     records = Records()
     _unreadable_to_rejects(source, records)
     pairs, completions_skipped = [], 0

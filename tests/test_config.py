@@ -1,0 +1,79 @@
+"""Bad config values fail with a sentence naming the key, before any model or data is loaded."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from drift.config import ConfigError, config_from_dict
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _compose(*overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+
+
+def test_defaults_follow_the_paper():
+    config = config_from_dict(_compose())
+    assert config.model.name_or_path == "embedded:smollm2" and config.data.name == "fixture"
+    assert (config.method.beta, config.method.rpo_alpha, config.method.warmstart_epochs) == (0.1, 0.001, 3)
+    t = config.trainer
+    assert (t.lr, t.optimizer, t.lr_schedule, t.warmup_ratio) == (5e-7, "rmsprop", "linear", 0.1)
+    assert (t.per_device_batch_size, t.max_length, t.max_prompt_length, t.seed) == (4, 2048, 1024, 42)
+    assert config.logging.wandb_mode == "offline" and config.model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("model", ["qwen7b", "qwen14b", "gemma12b", "tiny", "smollm2"])
+def test_every_model_config_composes(model):
+    config = config_from_dict(_compose(f"model={model}"))
+    assert config.model.name == model
+    if model in ("qwen7b", "qwen14b", "gemma12b"):
+        assert config.model.gradient_checkpointing and config.model.local_files_only
+
+
+@pytest.mark.parametrize("method", ["warmstart", "drift", "drift_unguided", "spin", "iterdpo"])
+def test_every_method_config_composes(method):
+    assert config_from_dict(_compose(f"method={method}")).method.name == method
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.beta=0", "method.beta must be > 0, got 0"),
+        ("trainer.lr=-1", "trainer.lr must be > 0, got -1"),
+        ("trainer.max_length=512", "trainer.max_length (512) must be greater than trainer.max_prompt_length (1024)"),
+        ("trainer.optimizer=adam8bit", "trainer.optimizer must be 'rmsprop', 'adamw' or 'sgd', got 'adam8bit'"),
+        ("trainer.logprob_impl=cuda", "trainer.logprob_impl must be one of auto, chunked, triton, flash_attn, got 'cuda'"),
+        ("method.reference=best", "method.reference must be 'iteration_start' or 'initial', got 'best'"),
+        ("sampler.top_p=1.5", "sampler.top_p must be in (0, 1], got 1.5"),
+        ("data.name=imdb", "data.name must be one of"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_sentence(override, message):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(_compose(override))
+    assert message in str(error.value)
+
+
+def test_unknown_key_is_named():
+    raw = _compose()
+    raw["trainer"]["learning_rate"] = 1e-6
+    with pytest.raises(ConfigError, match="trainer has no key 'learning_rate'"):
+        config_from_dict(raw)
+
+
+def test_entry_point_fails_before_loading_the_model(tmp_path):
+    # the model path does not exist: if anything were loaded first, the error would be about it
+    command = [
+        sys.executable, "launch/train.py", "method.beta=0", "model.name_or_path=/nonexistent/model",
+        f"output_dir={tmp_path}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
+    assert result.returncode == 2
+    assert "config error: method.beta must be > 0, got 0" in result.stderr
+    assert "nonexistent" not in result.stderr
