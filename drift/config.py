@@ -100,6 +100,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    reward: Any = None  # drift.reward.RewardConfig (iterdpo on preference pairs)
     run_name: str = "run"
     output_dir: str = "runs"
     # continue a run whose folder already holds a checkpoint (the same command again resumes)
@@ -124,6 +125,7 @@ def _build(cls, values: dict, where: str):
 def config_from_dict(raw: dict) -> Config:
     """Turn a resolved Hydra config (as a plain dict) into validated dataclasses."""
     from drift.data.config import DataConfig
+    from drift.reward import RewardConfig
 
     raw = dict(raw)
     raw.pop("hydra", None)
@@ -134,6 +136,7 @@ def config_from_dict(raw: dict) -> Config:
         "trainer": TrainerConfig,
         "sampler": SamplerConfig,
         "logging": LoggingConfig,
+        "reward": RewardConfig,
     }
     built = {name: _build(cls, raw.pop(name, None) or {}, name) for name, cls in sections.items()}
     config = _build(Config, {**raw, **built}, "config")
@@ -198,8 +201,9 @@ def validate(config: Config) -> None:
         f"logging.wandb_mode must be offline, online or disabled, got {log.wandb_mode!r}",
     )
     _require(bool(config.run_name) and "/" not in config.run_name, f"run_name must be a plain folder name, got {config.run_name!r}")
-    if config.data is not None and hasattr(config.data, "validate"):
-        try:
-            config.data.validate()
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
+    for section in (config.data, config.reward):
+        if section is not None and hasattr(section, "validate"):
+            try:
+                section.validate()
+            except ValueError as error:
+                raise ConfigError(str(error)) from error

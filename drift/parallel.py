@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,7 +50,10 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     else:
         target = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=target if use_cuda else None)
+        # long timeout: the other ranks wait while rank 0 runs the sampler process between iterations
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", device_id=target if use_cuda else None, timeout=timedelta(hours=6)
+        )
     if precision == "auto":
         precision = "bf16" if use_cuda else "fp32"
     if precision == "bf16" and not use_cuda:

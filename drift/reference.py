@@ -114,3 +114,26 @@ def compute_sequence_logps(
         dist.all_gather_object(gathered, results)
         results = {key: value for part in gathered for key, value in part.items()}
     return results
+
+
+def _fingerprints_file(folder: Path) -> Path:
+    return Path(folder) / "fingerprints.json"
+
+
+def known_fingerprint(folder: Path, source: str) -> str | None:
+    """The fingerprint recorded for a model source in this run (its checkpoints never change)."""
+    path = _fingerprints_file(folder)
+    return json.loads(path.read_text()).get(source) if path.exists() else None
+
+
+def remember_fingerprint(folder: Path, source: str, fingerprint: str, runtime: Runtime) -> None:
+    if runtime.is_main:
+        path = _fingerprints_file(folder)
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known[source] = fingerprint
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=".fingerprints.", dir=path.parent)
+        with os.fdopen(handle, "w") as stream:
+            json.dump(known, stream, indent=1)
+        os.replace(staging, path)
+    barrier(runtime)

@@ -6,6 +6,7 @@ get the step's pairs -> forward chosen+rejected in one batch -> DPO + NLL loss -
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from drift.loss import dpo_loss
 from drift.metrics import MetricsLog
 from drift.model import load_model
 from drift.parallel import Runtime, SequenceLogprobModel, all_reduce_sum, barrier, sequence_logps, set_gradient_sync, shard
-from drift.reference import ReferenceCache, compute_sequence_logps, weights_fingerprint
+from drift.reference import ReferenceCache, compute_sequence_logps, known_fingerprint, remember_fingerprint, weights_fingerprint
 from drift.tokenize import TokenizedPair, collate_sequences
 
 DONE = "done"
@@ -109,6 +110,10 @@ def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, 
     sequences = [seq for pair in stage.pairs for seq in (pair.chosen, pair.rejected)]
     batch_size = 2 * config.trainer.per_device_batch_size
     pad_id = tokenizer.pad_token_id
+    source = stage.reference_source if stage.reference_source is not None else stage.init_source
+    if not state.reference_fingerprint and source is not None:
+        # e.g. method.reference=initial: the initial model's fingerprint is known from an earlier stage
+        state.reference_fingerprint = known_fingerprint(stage.reference_cache_dir, source) or ""
     if state.reference_fingerprint:
         cache = ReferenceCache(stage.reference_cache_dir, state.reference_fingerprint)
         missing = cache.missing(sequences)
@@ -117,9 +122,10 @@ def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, 
         if fresh_start and _reference_is_start(stage):
             cache.update(compute_sequence_logps(policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
             return cache
-    source = stage.reference_source if stage.reference_source is not None else stage.init_source
     reference = _build_policy(config, runtime, source, len(tokenizer))
     fingerprint = weights_fingerprint(reference.causal_lm, runtime)
+    if source is not None:
+        remember_fingerprint(stage.reference_cache_dir, source, fingerprint, runtime)
     if state.reference_fingerprint and state.reference_fingerprint != fingerprint:
         raise RuntimeError(
             f"stage {stage.name}: the reference model at {source!r} changed since this run started "
@@ -165,6 +171,8 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
     if checkpoint is None and _reference_is_start(stage):
         # fingerprint the full weights before sharding; the starting policy is the reference
         state.reference_fingerprint = weights_fingerprint(policy.causal_lm, runtime)
+        if stage.init_source is not None:
+            remember_fingerprint(stage.reference_cache_dir, stage.init_source, state.reference_fingerprint, runtime)
     policy = shard(policy, runtime)
     # the optimizer must see the sharded parameters: build it before any forward unshards them
     parameters = [p for p in policy.parameters() if p.requires_grad]
@@ -291,6 +299,11 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
         progress.close()
     metrics.close()
     save_policy(policy, tokenizer, final_model, runtime)
+    # the sampler process runs next and needs the memory: drop weights and optimizer state now
+    del optimizer, parameters, policy
+    gc.collect()
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()
     if runtime.is_main:
         summary = {"steps": state.global_step, "pairs": len(pairs), "reference_fingerprint": state.reference_fingerprint}
         (stage.folder / DONE).write_text(json.dumps(summary) + "\n")
