@@ -195,7 +195,10 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
         from tqdm import tqdm
 
         progress = tqdm(total=total_steps, initial=state.global_step, desc=stage.name, dynamic_ncols=True)
-    kill_after = int(os.environ.get("DRIFT_KILL_AFTER_STEP", "0"))  # fault injection for resume tests
+    # fault injection for resume tests: DRIFT_KILL_AFTER_STEP=<stage>:<step> SIGKILLs this process
+    # right after that step's checkpoint is written
+    kill_stage, _, kill_step = os.environ.get("DRIFT_KILL_AFTER_STEP", "").partition(":")
+    kill_after = int(kill_step) if kill_stage == stage.name and kill_step else 0
 
     while state.global_step < total_steps:
         epoch, step_in_epoch = divmod(state.global_step, steps_per_epoch)

@@ -21,7 +21,7 @@ SCRIPT = Path(__file__).parent / "tiny_stage.py"
 def _stage(out: Path, *, kill_after: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if kill_after:
-        env["DRIFT_KILL_AFTER_STEP"] = str(kill_after)
+        env["DRIFT_KILL_AFTER_STEP"] = f"tiny:{kill_after}"
     # 12 pairs, batch 2: 6 steps an epoch, 2 epochs; RMSprop so optimizer state matters on resume
     command = [sys.executable, str(SCRIPT), str(out), "2", "1", "rmsprop", "12", "2", "1"]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -21,6 +21,7 @@ def _compose(*overrides: str) -> dict:
 def test_defaults_follow_the_paper():
     config = config_from_dict(_compose())
     assert config.model.name_or_path == "embedded:smollm2" and config.data.name == "fixture"
+    assert config.method.name == "drift" and config.method.iterations == 2
     assert (config.method.beta, config.method.rpo_alpha, config.method.warmstart_epochs) == (0.1, 0.001, 3)
     t = config.trainer
     assert (t.lr, t.optimizer, t.lr_schedule, t.warmup_ratio) == (5e-7, "rmsprop", "linear", 0.1)
