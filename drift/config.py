@@ -68,6 +68,8 @@ class TrainerConfig:
     logprob_impl: str = "auto"
     # 0: checkpoint only at the end of each epoch
     save_every_steps: int = 0
+    # padding-free micro-batches (one packed row, attention kept within each sequence)
+    packing: bool = True
 
 
 @dataclass

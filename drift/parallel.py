@@ -83,10 +83,16 @@ def decoder_of(causal_lm: nn.Module) -> nn.Module:
 class SequenceLogprobModel(nn.Module):
     """Backbone + fused log-prob head: returns log p(target) for each scored position, never logits."""
 
-    def __init__(self, causal_lm: nn.Module, logprob_impl: str = "auto"):
+    def __init__(self, causal_lm: nn.Module, logprob_impl: str = "auto", packed: bool = True):
         super().__init__()
+        from drift.packing import supports_packing, use_packed_attention
+
         self.causal_lm = causal_lm
         self.logprob_impl = logprob_impl
+        # padding-free rows where the model's attention allows it
+        self.packed = packed and supports_packing(causal_lm.config)
+        if self.packed:
+            use_packed_attention(causal_lm)
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         if softcap:
             raise NotImplementedError(
@@ -96,7 +102,7 @@ class SequenceLogprobModel(nn.Module):
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         decoder = self.causal_lm.get_decoder()
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+        hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
         head = self.causal_lm.get_output_embeddings()
         scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions)
         return kernels.token_logprobs(scored, head.weight, batch.target_ids, bias=head.bias, impl=self.logprob_impl)

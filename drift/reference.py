@@ -101,7 +101,7 @@ def compute_sequence_logps(
     results: dict[str, float] = {}
     for start in range(0, len(share), batch_size):
         chunk = share[start : start + batch_size]
-        batch = collate_sequences(chunk, pad_id).to(runtime.device)
+        batch = collate_sequences(chunk, pad_id, packed=model.packed).to(runtime.device)
         totals, _ = sequence_logps(model, batch)
         for sequence, value in zip(chunk, totals.double().cpu().tolist()):
             results[sequence.key] = value

@@ -95,48 +95,83 @@ def tokenize_pairs(
 
 @dataclass
 class SequenceBatch:
-    """Right-padded rows, one sequence each, plus the flat positions whose next token is scored."""
+    """Sequences as model input plus the flat positions whose next token is scored.
+
+    Packed: one row [1, total tokens], ``position_ids`` restart per sequence, ``boundaries`` holds
+    the cumulative sequence starts, no padding. Padded: one row per sequence, right padding.
+    """
 
     input_ids: torch.Tensor  # [rows, T]
-    attention_mask: torch.Tensor  # [rows, T]
+    attention_mask: torch.Tensor | None  # [rows, T], padded layout only
+    position_ids: torch.Tensor | None  # [1, T], packed layout only
+    boundaries: torch.Tensor | None  # [sequences + 1] int32, packed layout only
     target_positions: torch.Tensor  # [n] flat index into rows*T of the position predicting a target
     target_ids: torch.Tensor  # [n]
-    target_sequence: torch.Tensor  # [n] which row each target belongs to
+    target_sequence: torch.Tensor  # [n] which sequence each target belongs to
     num_sequences: int
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    @property
-    def num_padding(self) -> int:
-        return self.attention_mask.numel() - self.num_tokens
+    num_tokens: int
+    num_padding: int
 
     def to(self, device) -> "SequenceBatch":
+        def move(tensor):
+            return None if tensor is None else tensor.to(device)
+
         return SequenceBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.target_positions.to(device),
-            self.target_ids.to(device),
-            self.target_sequence.to(device),
-            self.num_sequences,
+            self.input_ids.to(device), move(self.attention_mask), move(self.position_ids), self.boundaries,
+            self.target_positions.to(device), self.target_ids.to(device), self.target_sequence.to(device),
+            self.num_sequences, self.num_tokens, self.num_padding,
         )
 
+    def model_inputs(self) -> dict:
+        if self.boundaries is None:
+            return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        longest = int((self.boundaries[1:] - self.boundaries[:-1]).max())
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            # the names transformers' flash-attn varlen path reads; our packed SDPA reads them too
+            "cu_seq_lens_q": self.boundaries.to(self.input_ids.device),
+            "cu_seq_lens_k": self.boundaries.to(self.input_ids.device),
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }
 
-def collate_sequences(sequences: list[TokenSequence], pad_id: int) -> SequenceBatch:
+
+def _targets(sequences: list[TokenSequence], starts: list[int]):
+    positions, targets, owners = [], [], []
+    for index, (sequence, start) in enumerate(zip(sequences, starts)):
+        first = start + len(sequence.prompt_ids)
+        # position p predicts token p + 1
+        positions.append(torch.arange(first - 1, start + len(sequence) - 1))
+        targets.append(torch.tensor(sequence.response_ids, dtype=torch.long))
+        owners.append(torch.full((len(sequence.response_ids),), index, dtype=torch.long))
+    return torch.cat(positions), torch.cat(targets), torch.cat(owners)
+
+
+def collate_sequences(sequences: list[TokenSequence], pad_id: int, *, packed: bool = False) -> SequenceBatch:
+    if any(not sequence.prompt_ids for sequence in sequences):
+        raise ValueError("every sequence needs at least one prompt token (the position that predicts the first response token)")
+    total = sum(len(sequence) for sequence in sequences)
+    if packed:
+        ids = [token for sequence in sequences for token in sequence.prompt_ids + sequence.response_ids]
+        lengths = torch.tensor([len(sequence) for sequence in sequences])
+        boundaries = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+        boundaries[1:] = lengths.cumsum(0)
+        position_ids = torch.cat([torch.arange(length) for length in lengths.tolist()]).unsqueeze(0)
+        starts = boundaries[:-1].tolist()
+        positions, targets, owners = _targets(sequences, starts)
+        return SequenceBatch(
+            torch.tensor([ids], dtype=torch.long), None, position_ids, boundaries,
+            positions, targets, owners, len(sequences), total, 0,
+        )
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    positions, targets, owners = [], [], []
     for row, sequence in enumerate(sequences):
         ids = sequence.prompt_ids + sequence.response_ids
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
-        first = len(sequence.prompt_ids)
-        # position p predicts token p + 1
-        positions.append(torch.arange(first - 1, len(ids) - 1) + row * width)
-        targets.append(torch.tensor(sequence.response_ids, dtype=torch.long))
-        owners.append(torch.full((len(sequence.response_ids),), row, dtype=torch.long))
+    positions, targets, owners = _targets(sequences, [row * width for row in range(len(sequences))])
     return SequenceBatch(
-        input_ids, attention_mask, torch.cat(positions), torch.cat(targets), torch.cat(owners), len(sequences)
+        input_ids, attention_mask, None, None, positions, targets, owners, len(sequences), total, input_ids.numel() - total
     )

@@ -98,7 +98,7 @@ class Stage:
 
 def _build_policy(config: Config, runtime: Runtime, source: str | None, vocab_size: int) -> SequenceLogprobModel:
     causal_lm = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, source=source, vocab_size=vocab_size)
-    return SequenceLogprobModel(causal_lm, config.trainer.logprob_impl)
+    return SequenceLogprobModel(causal_lm, config.trainer.logprob_impl, packed=config.trainer.packing)
 
 
 def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, state: TrainerState, tokenizer) -> ReferenceCache:
@@ -217,7 +217,7 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
                 indices = indices or [step_pairs[0]]
                 chosen = [pairs[i].chosen for i in indices]
                 rejected = [pairs[i].rejected for i in indices]
-                batch = collate_sequences(chosen + rejected, tokenizer.pad_token_id).to(runtime.device)
+                batch = collate_sequences(chosen + rejected, tokenizer.pad_token_id, packed=policy.packed).to(runtime.device)
                 set_gradient_sync(policy, micro_index == len(micro_batches) - 1)
                 totals, token_logps = sequence_logps(policy, batch)
                 k = len(indices)
