@@ -29,6 +29,8 @@ class TrainerState:
     epoch: int = 0
     step_in_epoch: int = 0
     reference_fingerprint: str = ""
+    reference_sequences: int = 0
+    reference_seconds: float = 0.0
 
 
 def _full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None):

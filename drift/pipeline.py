@@ -180,7 +180,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         pairs, data_stats = _tokenize(config, tokenizer, records.seed_pairs, folder / "data", runtime)
         stage = Stage("warmstart", folder / "train", pairs, initial, initial, config.method.warmstart_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"))}
+        summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
 
     for iteration in range(1, config.method.iterations + 1):
         folder = run_dir / f"iter_{iteration}"
@@ -190,7 +190,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         reference = policy if config.method.reference == "iteration_start" else initial
         stage = Stage(f"iter_{iteration}", folder / "train", tokenized, policy, reference, config.method.iteration_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"][f"iter_{iteration}"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"))}
+        summary["stages"][f"iter_{iteration}"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
 
     summary["model"] = policy
     if runtime.is_main:
@@ -198,23 +198,25 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
     return summary
 
 
-def _stage_summary(history: list[dict]) -> dict:
+def _stage_summary(history: list[dict], done_file: Path | None = None) -> dict:
     if not history:
         return {}
+    done = json.loads(done_file.read_text()) if done_file is not None and done_file.exists() else {}
     last = history[-1]
     keys = ("loss", "margin", "accuracy", "gradient_weight", "chosen_reward", "rejected_reward", "grad_norm")
     epoch_means = {f"mean_{key}": sum(r[key] for r in history) / len(history) for key in ("loss", "margin", "accuracy", "gradient_weight")}
-    return {"steps": last["step"], **{key: last[key] for key in keys}, **epoch_means}
+    reference = {key: done[key] for key in ("reference_sequences", "reference_seconds") if key in done}
+    return {"steps": last["step"], **{key: last[key] for key in keys}, **epoch_means, **reference}
 
 
 def format_summary(summary: dict) -> str:
-    header = f"{'stage':<10} {'pairs':>5} {'steps':>5} {'loss':>8} {'margin':>8} {'acc':>5} {'σ(-s)':>7}  (stage means)"
+    header = f"{'stage':<10} {'pairs':>5} {'steps':>5} {'loss':>8} {'margin':>8} {'acc':>5} {'σ(-s)':>7} {'ref fwd':>7}  (stage means)"
     lines = [header]
     for name, stats in summary["stages"].items():
         if "steps" in stats:
             lines.append(
                 f"{name:<10} {stats['pairs']:>5} {stats['steps']:>5} {stats['mean_loss']:>8.4f} {stats['mean_margin']:>8.4f} "
-                f"{stats['mean_accuracy']:>5.2f} {stats['mean_gradient_weight']:>7.4f}"
+                f"{stats['mean_accuracy']:>5.2f} {stats['mean_gradient_weight']:>7.4f} {stats.get('reference_sequences', 0):>7}"
             )
     lines.append(f"final model (HF folder): {summary['model']}")
     return "\n".join(lines)

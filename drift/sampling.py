@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import time
@@ -316,6 +318,8 @@ def hf_generate_batch(model, prompts: list[Sequence[int]], seeds: list[int], *, 
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
 
+    # transformers 5.2x calls the KV cache `cache`; earlier versions call it `past_key_values`
+    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -330,7 +334,7 @@ def hf_generate_batch(model, prompts: list[Sequence[int]], seeds: list[int], *, 
             break
         attention = torch.cat([attention, torch.ones((batch, 1), dtype=attention.dtype, device=device)], dim=1)
         out = model(input_ids=tokens[:, None], attention_mask=attention, position_ids=next_position,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    use_cache=True, **{cache_key: getattr(out, cache_key)})
         next_position = next_position + 1
     return [cut_at_stop(row, stop_ids) for row in torch.stack(steps, dim=1).tolist()]
 
@@ -374,7 +378,9 @@ def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerCon
     target = torch.device("cuda" if use_cuda else "cpu")
     dtype = torch.bfloat16 if use_cuda else torch.float32
     model_cfg = ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=trust_remote_code)
+    load_started = time.perf_counter()
     model = load_model(model_cfg, dtype=dtype, seed=cfg.seed).to(target).eval()
+    load_seconds = time.perf_counter() - load_started
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     progress = Progress(len(requests), progress_bar)
     try:
@@ -383,10 +389,17 @@ def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerCon
                                                     max_retries=cfg.max_retries, stamp=stamp)
     finally:
         progress.close()
-    return rows, rejects, tokens, {"device": str(target), "dtype": str(dtype).removeprefix("torch.")}
+    return rows, rejects, tokens, {"device": str(target), "dtype": str(dtype).removeprefix("torch."),
+                                   "load_seconds": load_seconds}
 
 
 # ---- vLLM backend -------------------------------------------------------------------------------
+
+
+def require_vllm() -> None:
+    """Fail before anything is loaded; vLLM itself is imported only where an engine starts."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ImportError(VLLM_MISSING)
 
 
 def import_vllm():
@@ -461,14 +474,16 @@ def data_parallel_groups(gpu_ids: list[str], tensor_parallel_size: int) -> list[
 
 
 def _vllm_shard(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop_ids: list[int], *,
-                max_model_len: int, trust_remote_code: bool, stamp: dict, show_progress: bool) -> tuple[list[dict], list[dict], int]:
-    """One engine over its share of the requests, the retries included."""
+                max_model_len: int, trust_remote_code: bool, stamp: dict, show_progress: bool) -> tuple[list[dict], list[dict], int, float]:
+    """One engine over its share of the requests, the retries included; also returns its load time."""
     from drift.model import load_tokenizer
 
     vllm = import_vllm()
     tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=trust_remote_code),
                                source=checkpoint)
+    load_started = time.perf_counter()
     llm = vllm.LLM(**vllm_engine_kwargs(checkpoint, cfg, max_model_len=max_model_len, trust_remote_code=trust_remote_code))
+    load_seconds = time.perf_counter() - load_started
 
     def generate(prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Generation]:
         prompt_dicts, params = vllm_requests(prompts, seeds, cfg, stop_ids)
@@ -476,30 +491,29 @@ def _vllm_shard(checkpoint: str, requests: list[Request], cfg: SamplerConfig, st
         outputs = llm.generate(prompt_dicts, [vllm.SamplingParams(**p) for p in params], use_tqdm=show_progress)
         return [generation_from_vllm(o.outputs[0].token_ids, o.outputs[0].finish_reason, stop_ids) for o in outputs]
 
-    return sample_with_retries(generate, requests, tokenizer, seed=cfg.seed, max_retries=cfg.max_retries, stamp=stamp)
+    rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=cfg.seed,
+                                                max_retries=cfg.max_retries, stamp=stamp)
+    return rows, rejects, tokens, load_seconds
 
 
 def _vllm_worker(gpu_ids: list[str], result_path: str, arguments: dict) -> None:
     # must precede any CUDA use in this (spawned) process: the engine sees only its group's GPUs
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-    rows, rejects, tokens = _vllm_shard(**arguments)
-    write_text_atomic(result_path, json.dumps({"rows": rows, "rejects": rejects, "tokens": tokens}))
+    rows, rejects, tokens, load_seconds = _vllm_shard(**arguments)
+    write_text_atomic(result_path, json.dumps({"rows": rows, "rejects": rejects, "tokens": tokens,
+                                               "load_seconds": load_seconds}))
 
 
 def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop_ids: list[int], *,
               max_model_len: int, trust_remote_code: bool, stamp: dict, progress_bar: bool,
               scratch: Path) -> tuple[list[dict], list[dict], int, dict]:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError(VLLM_MISSING)
     groups = data_parallel_groups(visible_gpu_ids(), cfg.tensor_parallel_size)
     layout = {"data_parallel_size": len(groups), "tensor_parallel_size": cfg.tensor_parallel_size}
     common = dict(checkpoint=checkpoint, cfg=cfg, stop_ids=stop_ids, max_model_len=max_model_len,
                   trust_remote_code=trust_remote_code, stamp=stamp)
     if len(groups) == 1:
-        rows, rejects, tokens = _vllm_shard(requests=requests, show_progress=progress_bar, **common)
-        return rows, rejects, tokens, layout
+        rows, rejects, tokens, load_seconds = _vllm_shard(requests=requests, show_progress=progress_bar, **common)
+        return rows, rejects, tokens, {**layout, "load_seconds": load_seconds}
 
     import multiprocessing
 
@@ -516,7 +530,7 @@ def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop
         worker = context.Process(target=_vllm_worker, args=(gpu_ids, str(result_path), arguments))
         worker.start()
         workers.append((rank, worker, result_path))
-    rows, rejects, tokens = [], [], 0
+    rows, rejects, tokens, load_seconds = [], [], 0, 0.0
     for rank, worker, result_path in workers:
         worker.join()
         if worker.exitcode != 0:
@@ -527,7 +541,9 @@ def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop
         rows += shard["rows"]
         rejects += shard["rejects"]
         tokens += shard["tokens"]
-    return rows, rejects, tokens, layout
+        # the engines load side by side: the slowest one is the time lost to loading
+        load_seconds = max(load_seconds, shard["load_seconds"])
+    return rows, rejects, tokens, {**layout, "load_seconds": load_seconds}
 
 
 # ---- the sampler run ----------------------------------------------------------------------------
@@ -542,6 +558,8 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
 
     started = time.perf_counter()
     validate_run_args(sampler_cfg, max_prompt_length=max_prompt_length, prompt_format=prompt_format, device=device)
+    if sampler_cfg.backend == "vllm":
+        require_vllm()
     checkpoint, out_dir = str(checkpoint), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # outputs of an earlier run must not pass for this run's if this one is killed
@@ -559,7 +577,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
     print(f"sampler: {len(requests)} samples for {len(rows)} prompts, backend={sampler_cfg.backend}, "
           f"checkpoint {checkpoint} ({fingerprint})", flush=True)
 
-    generation_started = time.perf_counter()
+    backend_started = time.perf_counter()
     if sampler_cfg.backend == "hf":
         samples, empty, tokens, details = _run_hf(checkpoint, requests, tokenizer, sampler_cfg, stop_ids, device=device,
                                                   trust_remote_code=trust_remote_code, stamp=stamp, progress_bar=progress_bar)
@@ -568,7 +586,8 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
             checkpoint, requests, sampler_cfg, stop_ids, max_model_len=max_prompt_length + sampler_cfg.max_new_tokens,
             trust_remote_code=trust_remote_code, stamp=stamp, progress_bar=progress_bar, scratch=out_dir,
         )
-    generation_seconds = time.perf_counter() - generation_started
+    generation_seconds = time.perf_counter() - backend_started - details["load_seconds"]
+    details["load_seconds"] = round(details["load_seconds"], 3)
 
     # file order: the prompts file's order, then sample index
     position = {row["prompt_id"]: index for index, row in enumerate(rows)}

@@ -121,6 +121,7 @@ def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, 
             return cache
         if fresh_start and _reference_is_start(stage):
             cache.update(compute_sequence_logps(policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+            state.reference_sequences += len(missing)
             return cache
     reference = _build_policy(config, runtime, source, len(tokenizer))
     fingerprint = weights_fingerprint(reference.causal_lm, runtime)
@@ -137,6 +138,7 @@ def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, 
     missing = cache.missing(sequences)
     if missing:
         cache.update(compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+        state.reference_sequences += len(missing)
     del reference
     state.reference_fingerprint = fingerprint
     return cache
@@ -179,7 +181,9 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
     optimizer = build_optimizer(t.optimizer, parameters, t.lr)
     if checkpoint is not None:
         load_optimizer(policy, optimizer, checkpoint)
+    reference_started = time.perf_counter()
     cache = _ensure_reference(config, runtime, stage, policy, checkpoint is None, state, tokenizer)
+    state.reference_seconds += time.perf_counter() - reference_started
     policy.train()
 
     pairs = stage.pairs
@@ -308,7 +312,14 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
     if runtime.device.type == "cuda":
         torch.cuda.empty_cache()
     if runtime.is_main:
-        summary = {"steps": state.global_step, "pairs": len(pairs), "reference_fingerprint": state.reference_fingerprint}
+        summary = {
+            "steps": state.global_step,
+            "pairs": len(pairs),
+            "reference_fingerprint": state.reference_fingerprint,
+            # sequences the frozen reference actually ran (cache misses), and the time it took
+            "reference_sequences": state.reference_sequences,
+            "reference_seconds": state.reference_seconds,
+        }
         (stage.folder / DONE).write_text(json.dumps(summary) + "\n")
         # the stage is finished: its resumable state (weights + optimizer) is no longer needed
         for leftover in (CHECKPOINT, CHECKPOINT + ".old"):

@@ -88,7 +88,7 @@ def _check_inputs(hidden, weight, targets, bias, ignore_mask, temperature):
         )
     n_tokens = hidden.shape[0]
     if targets.shape != (n_tokens,) or targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"targets must be int64 [{n_tokens}]; got {targets.dtype} {tuple(targets.shape)}")
+        raise ValueError(f"targets must be int64 (or int32) of shape [{n_tokens}]; got {targets.dtype} {tuple(targets.shape)}")
     if ignore_mask is not None and (ignore_mask.shape != (n_tokens,) or ignore_mask.dtype != torch.bool):
         raise ValueError(f"ignore_mask must be bool [{n_tokens}]; got {ignore_mask.dtype} {tuple(ignore_mask.shape)}")
     if bias is not None and bias.shape != (weight.shape[0],):
@@ -131,7 +131,7 @@ def token_logprobs(
     else:
         kept = (~ignore_mask).nonzero().squeeze(1)
         kept_hidden, kept_targets = hidden.index_select(0, kept), targets.index_select(0, kept)
-    kept_targets = kept_targets.long()
+    kept_targets = kept_targets.long().contiguous()
     vocab = weight.shape[0]
     if kept_targets.numel() and bool(((kept_targets < 0) | (kept_targets >= vocab)).any()):
         bad = kept_targets[(kept_targets < 0) | (kept_targets >= vocab)][:5].tolist()

@@ -1,0 +1,418 @@
+"""The sampler: seeded sampling loop against plain references, retries, the process end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drift.config import ConfigError, ModelConfig, SamplerConfig
+from drift.data.prompts import render_prompt_ids
+from drift.model import build_byte_tokenizer, load_model
+from drift.sampling import (
+    REJECTS_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    VLLM_MISSING,
+    Generation,
+    PromptFileError,
+    Request,
+    build_requests,
+    checkpoint_fingerprint,
+    cut_at_stop,
+    data_parallel_groups,
+    generation_from_vllm,
+    hf_generate_batch,
+    hf_generate_fn,
+    import_vllm,
+    read_prompt_rows,
+    run_sampler,
+    sample_next_tokens,
+    sample_seed,
+    sample_with_retries,
+    sampler_config_from_dict,
+    stop_token_ids,
+    vllm_engine_kwargs,
+    vllm_requests,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "launch" / "sample.py"
+ROW_KEYS = {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason", "seed", "backend",
+            "prompt_hash", "checkpoint_fingerprint", "attempts"}
+
+
+def tiny_model():
+    tokenizer = build_byte_tokenizer()
+    model = load_model(ModelConfig(name="tiny", name_or_path="tiny:llama"), dtype=torch.float32, seed=0,
+                       vocab_size=len(tokenizer))
+    return model.eval(), tokenizer
+
+
+def save_checkpoint(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_checkpoint(*tiny_model(), tmp_path_factory.mktemp("ckpt") / "policy")
+
+
+@pytest.fixture(scope="module")
+def eos_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model that answers EOS at once: every hidden state carries a large constant in
+    dimension 0 (set in every embedding), and only EOS's (tied) output row weighs it double."""
+    model, tokenizer = tiny_model()
+    with torch.no_grad():
+        embedding = model.get_input_embeddings().weight
+        embedding[:, 0] = 100.0
+        embedding[tokenizer.eos_token_id, 0] = 200.0
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "eos_policy")
+
+
+def write_prompts(path: Path, count: int, *, long_prompt: bool = False, text: str = "tell me about item") -> Path:
+    rows = [{"prompt_id": f"case-{i}#guided", "keep_last": 1,
+             "messages": [{"role": "user", "content": f"{text} {i} " + "and more " * (i % 4)}]} for i in range(count)]
+    if long_prompt:
+        rows.append({"prompt_id": "too-long#original", "keep_last": 1,
+                     "messages": [{"role": "user", "content": "x" * 400}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- the sampling step and loop against plain references ----------------------------------------
+
+
+def test_sample_next_tokens_by_hand():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    logits = probs.log()
+    # top_p 0.7 keeps {0, 1} (mass before token 1 is 0.5 < 0.7), renormalized to 0.625 / 0.375
+    draw = lambda u, **kw: int(sample_next_tokens(logits, torch.tensor([u]), **kw))  # noqa: E731
+    assert [draw(u, temperature=1.0, top_p=0.7) for u in (0.0, 0.6, 0.63, 0.999999)] == [0, 0, 1, 1]
+    # temperature 0.5 squares the probabilities: [.25, .09, .0225, .0025] / .365 = [.685, .247, .062, .007];
+    # top_p 0.9 keeps {0, 1}: token 0 takes u < .25 / .34 = .735
+    assert [draw(u, temperature=0.5, top_p=0.9) for u in (0.73, 0.74)] == [0, 1]
+    # top_p 1 keeps all: the last token takes u >= 0.95
+    assert draw(0.96, temperature=1.0, top_p=1.0) == 3
+    # tokens are read from the vocabulary order, not the sorted order
+    shuffled = torch.tensor([[0.05, 0.15, 0.5, 0.3]]).log()
+    assert int(sample_next_tokens(shuffled, torch.tensor([0.1]), temperature=1.0, top_p=0.7)) == 2
+    assert int(sample_next_tokens(shuffled, torch.tensor([0.9]), temperature=1.0, top_p=0.7)) == 3
+
+
+def argmax_decode(model, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding the plain way: one full forward per token, no padding, no cache."""
+    ids = list(prompt)
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_sampling_loop_equals_argmax_decoding():
+    model, _ = tiny_model()
+    prompts = [list(range(40, 52)), list(range(100, 103)), list(range(7, 30))]  # lengths 12, 3, 23: left padding
+    steps = 10
+    references = [argmax_decode(model, prompt, steps) for prompt in prompts]
+    # stop at a token that the first reference produces at step 4: that row must end there, the others
+    # wherever (if anywhere) they produce it
+    stop = references[0][4]
+    generations = hf_generate_batch(model, prompts, [1, 2, 3], temperature=0.7, top_p=1e-9, max_new_tokens=steps,
+                                    stop_ids=[stop], pad_id=0)
+    for reference, generation in zip(references, generations):
+        if stop in reference:
+            cut = reference.index(stop)
+            assert generation == Generation(tuple(reference[:cut]), "eos", cut + 1)
+        else:
+            assert generation == Generation(tuple(reference), "length", steps)
+    assert generations[0].token_ids == tuple(references[0][:references[0].index(stop)])
+
+
+def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds():
+    model, _ = tiny_model()
+    prompts = [tuple(range(10 + i, 14 + 3 * i)) for i in range(5)]
+    seeds = [11, 12, 13, 14, 15]
+
+    class NoProgress:
+        def advance(self, samples, tokens):
+            pass
+
+    def sample(batch_size: int, seeds: list[int]) -> list[Generation]:
+        generate = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=batch_size), [256], 257, NoProgress())
+        return generate(prompts, seeds)
+
+    one_by_one = sample(1, seeds)
+    assert sample(4, seeds) == one_by_one
+    # other seeds, other samples
+    assert sample(3, seeds[::-1]) != one_by_one
+    # a prompt's sample follows its own seed only: reversing the order of the requests changes nothing
+    reversed_prompts = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=2), [256], 257, NoProgress())(
+        prompts[::-1], seeds[::-1])
+    assert reversed_prompts[::-1] == one_by_one
+    assert sum(len(g.token_ids) for g in one_by_one) >= 20  # replies long enough for the comparisons to mean something
+
+
+def test_cut_at_stop():
+    assert cut_at_stop([5, 6, 9, 7, 9], [9]) == Generation((5, 6), "eos", 3)
+    assert cut_at_stop([9, 1], [3, 9]) == Generation((), "eos", 1)
+    assert cut_at_stop([5, 6], [9]) == Generation((5, 6), "length", 2)
+
+
+# ---- seeds, identities, inputs ------------------------------------------------------------------
+
+
+def test_sample_seed_is_stable_and_separates_every_component():
+    base = sample_seed(42, "case-1#guided", 0, 0)
+    assert base == sample_seed(42, "case-1#guided", 0, 0)
+    variants = [sample_seed(43, "case-1#guided", 0, 0), sample_seed(42, "case-2#guided", 0, 0),
+                sample_seed(42, "case-1#guided", 1, 0), sample_seed(42, "case-1#guided", 0, 1)]
+    assert len({base, *variants}) == 5
+    assert all(0 <= seed < 2**31 for seed in (base, *variants))
+    # the value itself is part of the contract: a rerun elsewhere must draw the same seeds
+    digest = hashlib.sha256("42\x00case-1#guided\x000\x000".encode()).digest()
+    assert base == int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def test_checkpoint_fingerprint_hashes_weight_content_only(checkpoint, tmp_path):
+    copy = Path(shutil.copytree(checkpoint, tmp_path / "copy"))
+    (copy / "tokenizer_config.json").write_text("{}")
+    assert checkpoint_fingerprint(copy) == checkpoint_fingerprint(checkpoint)
+    model, tokenizer = tiny_model()
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1e-3
+    changed = save_checkpoint(model, tokenizer, tmp_path / "changed")
+    assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(checkpoint)
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        checkpoint_fingerprint(tmp_path)
+
+
+def test_stop_tokens_ignore_a_generation_config_eos_that_is_an_ordinary_token(checkpoint):
+    tokenizer = build_byte_tokenizer()
+    # the tiny model's generation_config.json says eos_token_id=2 (LlamaConfig's default): a byte here
+    assert json.loads((checkpoint / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert stop_token_ids(tokenizer, checkpoint) == [tokenizer.eos_token_id]
+
+
+def test_read_prompt_rows_names_the_bad_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt_id": "a", "messages": [{"role": "user", "content": "hi"}], "keep_last": 1}\n'
+                    '{"prompt_id": "b", "messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:2: missing keep_last"):
+        read_prompt_rows(path)
+    path.write_text('{"prompt_id": "a", "messages": [{"role": "user", "content": "hi"}], "keep_last": 1}\n' * 2)
+    with pytest.raises(PromptFileError, match="prompts.jsonl:2: prompt_id 'a' appears twice"):
+        read_prompt_rows(path)
+
+
+def test_build_requests_renders_truncates_and_rejects_per_sample_index():
+    tokenizer = build_byte_tokenizer()
+    history = [{"role": "user", "content": "old question " * 10}, {"role": "assistant", "content": "old answer " * 10},
+               {"role": "user", "content": "new question"}]
+    rows = [{"prompt_id": "fits", "messages": history, "keep_last": 1, "num_samples": 3},
+            {"prompt_id": "too-long", "messages": [{"role": "user", "content": "y" * 200}], "keep_last": 1}]
+    requests, rejects = build_requests(rows, tokenizer, num_samples=2, max_prompt_length=64, prompt_format="chat_template")
+    expected_ids, truncated = render_prompt_ids(history, tokenizer, max_prompt_tokens=64, keep_last=1)
+    assert truncated and len(expected_ids) <= 64
+    assert [(r.prompt_id, r.sample_index) for r in requests] == [("fits", 0), ("fits", 1), ("fits", 2)]
+    assert all(r.prompt_ids == tuple(expected_ids) for r in requests)
+    assert requests[0].prompt_hash == hashlib.sha256(np.asarray(expected_ids, dtype=np.int64).tobytes()).hexdigest()
+    assert [(r["prompt_id"], r["sample_index"], r["reason"]) for r in rejects] == [
+        ("too-long", 0, "prompt_too_long"), ("too-long", 1, "prompt_too_long")]
+
+
+def test_sampler_config_errors_are_sentences():
+    with pytest.raises(ConfigError, match="sampler has no key 'temprature'"):
+        sampler_config_from_dict({"temprature": 0.5})
+    with pytest.raises(ConfigError, match=r"sampler.max_retries must be >= 0"):
+        sampler_config_from_dict({"max_retries": -1})
+    assert sampler_config_from_dict({}) == SamplerConfig()
+
+
+# ---- retries and quarantine ---------------------------------------------------------------------
+
+
+def test_empty_replies_are_retried_with_the_next_seed_then_quarantined():
+    tokenizer = build_byte_tokenizer()
+    requests = [Request(pid, 0, (1, 2, 3), f"hash-{pid}") for pid in ("always-empty", "empty-once", "fine")]
+    first_seed = {pid: sample_seed(7, pid, 0, 0) for pid in ("always-empty", "empty-once", "fine")}
+    calls = []
+
+    def generate(prompts, seeds):
+        calls.append(list(seeds))
+        replies = []
+        for seed in seeds:
+            if seed == first_seed["fine"]:
+                replies.append(Generation(tuple(tokenizer.encode("ok")), "eos", 3))
+            elif seed in (first_seed["always-empty"], first_seed["empty-once"]):
+                replies.append(Generation((), "eos", 1))  # EOS only
+            elif seed == sample_seed(7, "empty-once", 0, 1):
+                replies.append(Generation(tuple(tokenizer.encode("  better  ")), "length", 8))
+            else:
+                replies.append(Generation(tuple(tokenizer.encode(" \n ")), "length", 3))  # whitespace only
+        return replies
+
+    rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=7, max_retries=2,
+                                                stamp={"backend": "hf", "checkpoint_fingerprint": "f"})
+    assert [len(seeds) for seeds in calls] == [3, 2, 1]
+    assert tokens == (3 + 1 + 1) + (1 + 8) + 3
+    by_id = {row["prompt_id"]: row for row in rows}
+    assert set(by_id) == {"empty-once", "fine"}
+    assert by_id["empty-once"] == {
+        "prompt_id": "empty-once", "sample_index": 0, "text": "better", "num_tokens": 10, "finish_reason": "length",
+        "seed": sample_seed(7, "empty-once", 0, 1), "backend": "hf", "checkpoint_fingerprint": "f",
+        "prompt_hash": "hash-empty-once", "attempts": 2}
+    assert by_id["fine"]["attempts"] == 1 and by_id["fine"]["seed"] == first_seed["fine"]
+    assert len(rejects) == 1 and rejects[0]["prompt_id"] == "always-empty"
+    assert rejects[0]["reason"] == "empty_output" and "after 3 attempt(s)" in rejects[0]["detail"]
+
+
+def test_a_model_that_only_says_eos_is_quarantined(eos_checkpoint, tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    report = run_sampler(eos_checkpoint, prompts, tmp_path / "out", SamplerConfig(max_new_tokens=4, max_retries=1),
+                         max_prompt_length=256, prompt_format="chat_template", device="cpu", progress_bar=False)
+    assert read_jsonl(tmp_path / "out" / SAMPLES_FILE) == []
+    rejects = read_jsonl(tmp_path / "out" / REJECTS_FILE)
+    assert [(r["prompt_id"], r["reason"]) for r in rejects] == [(f"case-{i}#guided", "empty_output") for i in range(3)]
+    assert "after 2 attempt(s)" in rejects[0]["detail"] and "1 token(s) and ended by eos" in rejects[0]["detail"]
+    assert report["rejects_by_reason"] == {"empty_output": 3} and report["generated_tokens"] == 3 * 2
+
+
+# ---- the sampler process ------------------------------------------------------------------------
+
+
+def sampler_command(checkpoint: Path, prompts: Path, out_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), f"checkpoint={checkpoint}", f"prompts={prompts}", f"out_dir={out_dir}",
+            "sampler=hf", "max_prompt_length=128", "prompt_format=chat_template", "device=cpu", *overrides]
+
+
+def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkpoint, tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 5, long_prompt=True)
+    out_dir = tmp_path / "sample"
+    overrides = ["sampler.seed=3", "sampler.max_new_tokens=10", "sampler.num_samples=2", "sampler.batch_size=4"]
+    result = subprocess.run(sampler_command(checkpoint, prompts, out_dir, *overrides), capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([SAMPLES_FILE, REJECTS_FILE, REPORT_FILE])
+
+    samples = read_jsonl(out_dir / SAMPLES_FILE)
+    assert [(s["prompt_id"], s["sample_index"]) for s in samples] == [
+        (f"case-{i}#guided", index) for i in range(5) for index in (0, 1)]
+    tokenizer = build_byte_tokenizer()
+    fingerprint = checkpoint_fingerprint(checkpoint)
+    for sample in samples:
+        assert set(sample) == ROW_KEYS
+        i = int(sample["prompt_id"].split("-")[1].split("#")[0])
+        messages = [{"role": "user", "content": f"tell me about item {i} " + "and more " * (i % 4)}]
+        ids, _ = render_prompt_ids(messages, tokenizer, max_prompt_tokens=128, keep_last=1)
+        assert sample["prompt_hash"] == hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
+        assert sample["seed"] == sample_seed(3, sample["prompt_id"], sample["sample_index"], sample["attempts"] - 1)
+        assert sample["checkpoint_fingerprint"] == fingerprint and sample["backend"] == "hf"
+        assert sample["text"] and sample["text"] == sample["text"].strip() and "<|" not in sample["text"]
+        assert sample["finish_reason"] in ("eos", "length") and 1 <= sample["num_tokens"] <= 10
+    # two samples of one prompt are two draws
+    assert samples[0]["text"] != samples[1]["text"]
+    rejects = read_jsonl(out_dir / REJECTS_FILE)
+    assert [(r["prompt_id"], r["sample_index"], r["reason"]) for r in rejects] == [
+        ("too-long#original", 0, "prompt_too_long"), ("too-long#original", 1, "prompt_too_long")]
+    assert "over the budget of 128 tokens" in rejects[0]["detail"]
+    report = json.loads((out_dir / REPORT_FILE).read_text())
+    assert report["samples"] == 10 and report["requested_samples"] == 12 and report["backend"] == "hf"
+    assert report["tokens_per_second"] > 0 and report["checkpoint_fingerprint"] == fingerprint
+
+    # a rerun with the same seeds, in-process this time, samples the same replies
+    rerun = tmp_path / "rerun"
+    run_sampler(checkpoint, prompts, rerun, SamplerConfig(seed=3, max_new_tokens=10, num_samples=2, batch_size=4),
+                max_prompt_length=128, prompt_format="chat_template", device="cpu", progress_bar=False)
+    assert read_jsonl(rerun / SAMPLES_FILE) == samples
+    # and another seed does not
+    other = tmp_path / "other_seed"
+    run_sampler(checkpoint, prompts, other, SamplerConfig(seed=4, max_new_tokens=10, num_samples=2, batch_size=4),
+                max_prompt_length=128, prompt_format="chat_template", device="cpu", progress_bar=False)
+    assert [s["text"] for s in read_jsonl(other / SAMPLES_FILE)] != [s["text"] for s in samples]
+
+
+def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 48)
+    out_dir = tmp_path / "sample"
+    out_dir.mkdir()
+    # a complete samples file from an earlier run must not pass for this run's
+    (out_dir / SAMPLES_FILE).write_text('{"prompt_id": "stale"}\n')
+    process = subprocess.Popen(
+        sampler_command(checkpoint, prompts, out_dir, "sampler.max_new_tokens=400", "sampler.batch_size=4"),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+    )
+    try:
+        first_line = process.stdout.readline()  # printed once the model is about to generate
+        assert first_line.startswith("sampler: 48 samples"), first_line
+        time.sleep(1.0)
+        assert process.poll() is None, "the sampler finished before it could be killed; give it more work"
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stdout.close()
+    assert not (out_dir / SAMPLES_FILE).exists()
+    assert not [p.name for p in out_dir.iterdir() if SAMPLES_FILE in p.name]
+
+
+# ---- vLLM backend, without vLLM -----------------------------------------------------------------
+
+
+def test_vllm_requests_one_seeded_request_per_sample():
+    cfg = SamplerConfig(backend="vllm", temperature=0.7, top_p=0.9, max_new_tokens=512)
+    prompts, params = vllm_requests([(1, 2, 3), (4, 5)], [11, 22], cfg, stop_ids=[7, 9])
+    assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5]}]
+    assert params == [
+        {"n": 1, "seed": seed, "temperature": 0.7, "top_p": 0.9, "max_tokens": 512, "stop_token_ids": [7, 9],
+         "skip_special_tokens": True}
+        for seed in (11, 22)
+    ]
+
+
+def test_vllm_outputs_read_as_generations():
+    assert generation_from_vllm([5, 6, 9], "stop", [9]) == Generation((5, 6), "eos", 3)
+    assert generation_from_vllm([5, 6], "stop", [9]) == Generation((5, 6), "eos", 3)  # stop token not returned
+    assert generation_from_vllm([5, 6, 7], "length", [9]) == Generation((5, 6, 7), "length", 3)
+    with pytest.raises(RuntimeError, match="'abort'"):
+        generation_from_vllm([5], "abort", [9])
+
+
+def test_vllm_layout_tensor_parallel_groups_data_parallel_across_them():
+    assert data_parallel_groups([str(i) for i in range(8)], 2) == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    assert data_parallel_groups(["3", "5", "6"], 2) == [["3", "5"]]
+    assert data_parallel_groups(["0"], 1) == [["0"]]
+    with pytest.raises(RuntimeError, match="tensor_parallel_size=4 but 2 GPU"):
+        data_parallel_groups(["0", "1"], 4)
+    kwargs = vllm_engine_kwargs("/ckpt", SamplerConfig(backend="vllm", tensor_parallel_size=2, gpu_memory_utilization=0.5),
+                                max_model_len=1536, trust_remote_code=False)
+    assert kwargs["model"] == "/ckpt" and kwargs["tensor_parallel_size"] == 2
+    assert kwargs["gpu_memory_utilization"] == 0.5 and kwargs["max_model_len"] == 1536
+
+
+def test_vllm_missing_names_the_gpu_extra(monkeypatch, checkpoint, tmp_path):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
+    with pytest.raises(ImportError, match=r"pip install 'drift\[gpu\]'"):
+        import_vllm()
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
+    with pytest.raises(ImportError) as error:
+        run_sampler(checkpoint, prompts, tmp_path / "out", SamplerConfig(backend="vllm"), max_prompt_length=128,
+                    prompt_format="chat_template", progress_bar=False)
+    assert str(error.value) == VLLM_MISSING
