@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -69,7 +70,7 @@ def _our_config(args, out: Path):
         method=MethodConfig(name="warmstart", beta=0.1, rpo_alpha=0.0, warmstart_epochs=1),
         trainer=TrainerConfig(
             lr=5e-7, per_device_batch_size=args.batch // args.world, max_length=args.max_length,
-            max_prompt_length=args.max_length // 2, precision="auto", logprob_impl=args.logprob_impl,
+            max_prompt_length=3 * args.max_length // 4, precision="auto", logprob_impl=args.logprob_impl,
         ),
         logging=LoggingConfig(wandb_mode="disabled", progress_bar=False),
         run_name="bench",
@@ -97,7 +98,7 @@ def run_ours(args, out: Path) -> dict:
     pairs = [
         PreferencePair(f"p{i}", ({"role": "user", "content": r["prompt"]},), r["chosen"], r["rejected"]) for i, r in enumerate(raw)
     ]
-    tokenized, rejects, _ = tokenize_pairs(pairs, tokenizer, max_length=args.max_length, max_prompt_length=args.max_length // 2)
+    tokenized, rejects, _ = tokenize_pairs(pairs, tokenizer, max_length=args.max_length, max_prompt_length=3 * args.max_length // 4)
     assert not rejects, rejects
     stage = Stage("bench", out / "stage", tokenized, None, None, 1, out / "cache")
     started = time.perf_counter()
@@ -193,7 +194,9 @@ def run_trl(args, out: Path, *, precompute: bool, liger: bool) -> dict:
 
     config = DPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=args.batch, max_length=args.max_length,
-        learning_rate=5e-7, optim="rmsprop", lr_scheduler_type="linear", warmup_ratio=0.1, beta=0.1,
+        learning_rate=5e-7, optim="rmsprop", lr_scheduler_type="linear", beta=0.1,
+        # same warmup as ours: ceil(0.1 * total steps)
+        warmup_steps=math.ceil(0.1 * math.ceil(args.pairs / args.batch)),
         num_train_epochs=1, precompute_ref_log_probs=precompute, use_liger_kernel=liger, report_to=[],
         save_strategy="no", logging_steps=1, seed=42, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), dataloader_num_workers=0,

@@ -68,6 +68,9 @@ class TrainerConfig:
     logprob_impl: str = "auto"
     # 0: checkpoint only at the end of each epoch
     save_every_steps: int = 0
+    # token budget of one forward/backward: a micro-batch over it is split and accumulated (same
+    # step, less activation memory); 0 runs each micro-batch in one forward
+    max_tokens_per_forward: int = 0
     # padding-free micro-batches (one packed row, attention kept within each sequence)
     packing: bool = True
 
@@ -151,6 +154,22 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def validate_sampler(s: SamplerConfig) -> None:
+    """Shared by the trainer's config and the sampler process's own."""
+    _require(s.backend in ("hf", "vllm"), f"sampler.backend must be 'hf' or 'vllm', got {s.backend!r}")
+    _require(s.temperature > 0, f"sampler.temperature must be > 0, got {s.temperature}")
+    _require(0 < s.top_p <= 1, f"sampler.top_p must be in (0, 1], got {s.top_p}")
+    _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    _require(s.num_samples >= 1, f"sampler.num_samples must be >= 1, got {s.num_samples}")
+    _require(s.batch_size >= 1, f"sampler.batch_size must be >= 1, got {s.batch_size}")
+    _require(s.max_retries >= 0, f"sampler.max_retries must be >= 0 (0: no retry), got {s.max_retries}")
+    _require(s.tensor_parallel_size >= 1, f"sampler.tensor_parallel_size must be >= 1, got {s.tensor_parallel_size}")
+    _require(
+        0 < s.gpu_memory_utilization <= 1,
+        f"sampler.gpu_memory_utilization must be in (0, 1], got {s.gpu_memory_utilization}",
+    )
+
+
 def validate(config: Config) -> None:
     """Fail early, with a sentence a user understands, before anything heavy is loaded."""
     m, t, s, log = config.method, config.trainer, config.sampler, config.logging
@@ -192,12 +211,9 @@ def validate(config: Config) -> None:
         t.logprob_impl in LOGPROB_IMPLS,
         f"trainer.logprob_impl must be one of {', '.join(LOGPROB_IMPLS)}, got {t.logprob_impl!r}",
     )
+    _require(t.max_tokens_per_forward >= 0, f"trainer.max_tokens_per_forward must be >= 0 (0: no limit), got {t.max_tokens_per_forward}")
     _require(t.save_every_steps >= 0, f"trainer.save_every_steps must be >= 0, got {t.save_every_steps}")
-    _require(s.backend in ("hf", "vllm"), f"sampler.backend must be 'hf' or 'vllm', got {s.backend!r}")
-    _require(s.temperature > 0, f"sampler.temperature must be > 0, got {s.temperature}")
-    _require(0 < s.top_p <= 1, f"sampler.top_p must be in (0, 1], got {s.top_p}")
-    _require(s.max_new_tokens >= 1, f"sampler.max_new_tokens must be >= 1, got {s.max_new_tokens}")
-    _require(s.num_samples >= 1, f"sampler.num_samples must be >= 1, got {s.num_samples}")
+    validate_sampler(s)
     _require(
         log.wandb_mode in ("offline", "online", "disabled"),
         f"logging.wandb_mode must be offline, online or disabled, got {log.wandb_mode!r}",

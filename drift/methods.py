@@ -33,7 +33,10 @@ class SampleRequest:
     num_samples: int = 1
 
     def as_row(self) -> dict:
-        return {"prompt_id": self.prompt_id, "messages": list(self.messages), "keep_last": self.keep_last}
+        row = {"prompt_id": self.prompt_id, "messages": list(self.messages), "keep_last": self.keep_last}
+        if self.num_samples > 1:
+            row["num_samples"] = self.num_samples
+        return row
 
 
 def prompt_id(record_id: str, kind: str) -> str:

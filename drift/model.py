@@ -107,6 +107,8 @@ def build_tiny_model(cfg: ModelConfig, vocab_size: int, seed: int) -> nn.Module:
     """Random weights, seeded, so every process builds the same model."""
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+    specials = build_byte_tokenizer()
+
     family = cfg.name_or_path[len(TINY_PREFIX):]
     config_classes = {"llama": LlamaConfig, "qwen2": Qwen2Config}
     if family not in config_classes:
@@ -120,6 +122,10 @@ def build_tiny_model(cfg: ModelConfig, vocab_size: int, seed: int) -> nn.Module:
         num_key_value_heads=cfg.tiny_kv_heads,
         max_position_embeddings=4096,
         tie_word_embeddings=family == "llama",
+        # the byte tokenizer's specials, so generation stops at <|im_end|> and not at a byte
+        bos_token_id=specials.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=specials.eos_token_id,
+        pad_token_id=specials.pad_token_id,
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from drift.config import Config
+from drift.data.files import write_jsonl_atomic
 from drift.data.records import PreferencePair, Records, Rejected
 from drift.methods import build_pairs, sample_requests, uses_feedback_records
 from drift.metrics import read_metrics
@@ -35,15 +35,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        for row in rows:
-            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(staging, path)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -94,16 +85,15 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
     if runtime.is_main and not (folder / DONE).exists():
         write_jsonl_atomic(folder / "prompts.jsonl", [request.as_row() for request in requests])
         sampler = config.sampler
-        num_samples = max([sampler.num_samples] + [request.num_samples for request in requests])
         overrides = [f"sampler={sampler.backend}"] + [
-            f"sampler.{f.name}={getattr(sampler, f.name)}" for f in fields(sampler) if f.name not in ("backend", "num_samples")
+            f"sampler.{f.name}={getattr(sampler, f.name)}" for f in fields(sampler) if f.name != "backend"
         ]
         command = [
             sys.executable, str(SAMPLER_SCRIPT),
             f"checkpoint={checkpoint}", f"prompts={folder / 'prompts.jsonl'}", f"out_dir={folder}",
             f"max_prompt_length={config.trainer.max_prompt_length}", f"prompt_format={config.data.prompt_format}",
             f"trust_remote_code={config.model.trust_remote_code}", f"device={config.trainer.device}",
-            f"sampler.num_samples={num_samples}", *overrides,
+            *overrides,
         ]
         result = subprocess.run(command)
         if result.returncode != 0:

@@ -7,6 +7,9 @@ so a killed sampler leaves no partial samples file behind.
 
 Reproducible: every draw is seeded by (sampler.seed, prompt_id, sample_index, attempt), never by
 a global RNG, so a sample does not depend on which other prompts share its batch or on their order.
+Exact reruns also need the same hardware, versions and sampler.batch_size: on GPU, bf16 kernels
+may round differently with the batch's shape. vLLM runs with deterministic scheduling
+(VLLM_ENABLE_V1_MULTIPROCESSING=0 unless set otherwise), as its reproducibility notes ask.
 
 Backends:
   hf    a small batched sampling loop over an HF model (left-padded prefill, KV-cache decode,
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from drift.config import ConfigError, ModelConfig, SamplerConfig
+from drift.config import validate_sampler as validate_sampler_config
 from drift.data.files import write_jsonl_atomic, write_text_atomic
 
 SAMPLES_FILE = "samples.jsonl"
@@ -46,6 +50,7 @@ OUTPUT_FILES = (SAMPLES_FILE, REJECTS_FILE, REPORT_FILE)
 PROMPT_FORMATS = ("chat_template", "raw_text")
 DEVICES = ("auto", "cpu", "cuda")
 VLLM_MISSING = "sampler=vllm needs vLLM: pip install 'drift[gpu]'"
+VLLM_SHARD_PREFIX = ".vllm_shard_rank"  # a data-parallel engine's results, merged then removed
 
 
 class PromptFileError(ValueError):
@@ -82,23 +87,6 @@ def sampler_config_from_dict(values: dict) -> SamplerConfig:
     config = SamplerConfig(**values)
     validate_sampler_config(config)
     return config
-
-
-def validate_sampler_config(s: SamplerConfig) -> None:
-    checks = [
-        (s.backend in ("hf", "vllm"), f"sampler.backend must be 'hf' or 'vllm', got {s.backend!r}"),
-        (s.temperature > 0, f"sampler.temperature must be > 0, got {s.temperature}"),
-        (0 < s.top_p <= 1, f"sampler.top_p must be in (0, 1], got {s.top_p}"),
-        (s.max_new_tokens >= 1, f"sampler.max_new_tokens must be >= 1, got {s.max_new_tokens}"),
-        (s.num_samples >= 1, f"sampler.num_samples must be >= 1, got {s.num_samples}"),
-        (s.batch_size >= 1, f"sampler.batch_size must be >= 1, got {s.batch_size}"),
-        (s.max_retries >= 0, f"sampler.max_retries must be >= 0 (0: no retry), got {s.max_retries}"),
-        (s.tensor_parallel_size >= 1, f"sampler.tensor_parallel_size must be >= 1, got {s.tensor_parallel_size}"),
-        (0 < s.gpu_memory_utilization <= 1, f"sampler.gpu_memory_utilization must be in (0, 1], got {s.gpu_memory_utilization}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
 
 
 def validate_run_args(sampler: SamplerConfig, *, max_prompt_length: int, prompt_format: str, device: str) -> None:
@@ -173,6 +161,8 @@ def read_prompt_rows(path: str | os.PathLike) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise PromptFileError(f"{where}: not a JSON object ({error})") from None
+        if not isinstance(row, dict):
+            raise PromptFileError(f"{where}: not a JSON object but a {type(row).__name__}")
         missing = [key for key in ("prompt_id", "messages", "keep_last") if key not in row]
         if missing:
             raise PromptFileError(f"{where}: missing {', '.join(missing)}; a row is "
@@ -267,7 +257,14 @@ class Progress:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc="sampling", unit="sample", disable=not enabled, dynamic_ncols=True)
-        self.tokens, self.started = 0, time.perf_counter()
+        self.tokens, self.planned, self.started = 0, 0, time.perf_counter()
+
+    def expect(self, samples: int) -> None:
+        """Samples about to be generated: the first attempt's (already in the total), then each retry's."""
+        self.planned += samples
+        if self.planned > self.bar.total:
+            self.bar.total = self.planned
+            self.bar.refresh()
 
     def advance(self, samples: int, tokens: int) -> None:
         self.tokens += tokens
@@ -352,6 +349,7 @@ def hf_generate_fn(model, cfg: SamplerConfig, stop_ids: Sequence[int], pad_id: i
     """Longest prompts first (an out-of-memory shows at once), batches of sampler.batch_size."""
 
     def generate(prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Generation]:
+        progress.expect(len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         results: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), cfg.batch_size):
@@ -478,6 +476,9 @@ def _vllm_shard(checkpoint: str, requests: list[Request], cfg: SamplerConfig, st
     """One engine over its share of the requests, the retries included; also returns its load time."""
     from drift.model import load_tokenizer
 
+    # deterministic scheduling, so that a rerun reproduces (vLLM's reproducibility notes); this
+    # process exists only to sample, so vLLM reseeding its global RNGs harms nothing
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     vllm = import_vllm()
     tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=trust_remote_code),
                                source=checkpoint)
@@ -525,17 +526,19 @@ def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop
         shard = ordered[rank::len(groups)]
         if not shard:
             continue
-        result_path = scratch / f".vllm_rank{rank}.json"
+        result_path = scratch / f"{VLLM_SHARD_PREFIX}{rank}.json"
         arguments = dict(requests=shard, show_progress=progress_bar and rank == 0, **common)
         worker = context.Process(target=_vllm_worker, args=(gpu_ids, str(result_path), arguments))
         worker.start()
         workers.append((rank, worker, result_path))
+    for _, worker, _ in workers:
+        worker.join()
+    failed = [f"rank {rank} (GPUs {','.join(groups[rank])}): exit code {worker.exitcode}"
+              for rank, worker, _ in workers if worker.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"vLLM data-parallel engines failed ({'; '.join(failed)}); their tracebacks are printed above")
     rows, rejects, tokens, load_seconds = [], [], 0, 0.0
     for rank, worker, result_path in workers:
-        worker.join()
-        if worker.exitcode != 0:
-            raise RuntimeError(f"vLLM data-parallel rank {rank} (GPUs {groups[rank]}) failed with exit code "
-                               f"{worker.exitcode}; its traceback is printed above")
         shard = json.loads(result_path.read_text())
         result_path.unlink()
         rows += shard["rows"]
@@ -563,8 +566,8 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
     checkpoint, out_dir = str(checkpoint), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # outputs of an earlier run must not pass for this run's if this one is killed
-    for name in OUTPUT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
+    for stale in [out_dir / name for name in OUTPUT_FILES] + list(out_dir.glob(f"{VLLM_SHARD_PREFIX}*")):
+        stale.unlink(missing_ok=True)
 
     rows = read_prompt_rows(prompts_path)
     fingerprint = checkpoint_fingerprint(checkpoint)
@@ -572,9 +575,10 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
                                source=checkpoint)
     requests, rejects = build_requests(rows, tokenizer, num_samples=sampler_cfg.num_samples,
                                        max_prompt_length=max_prompt_length, prompt_format=prompt_format)
+    requested = len(requests) + len(rejects)
     stop_ids = stop_token_ids(tokenizer, checkpoint)
     stamp = {"backend": sampler_cfg.backend, "checkpoint_fingerprint": fingerprint}
-    print(f"sampler: {len(requests)} samples for {len(rows)} prompts, backend={sampler_cfg.backend}, "
+    print(f"sampler: {len(requests)} samples for {len(rows)} prompts ({len(rejects)} too long), backend={sampler_cfg.backend}, "
           f"checkpoint {checkpoint} ({fingerprint})", flush=True)
 
     backend_started = time.perf_counter()
@@ -599,7 +603,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
         "checkpoint": checkpoint,
         "checkpoint_fingerprint": fingerprint,
         "prompts": len(rows),
-        "requested_samples": len(requests) + sum(r["reason"] == "prompt_too_long" for r in rejects),
+        "requested_samples": requested,
         "samples": len(samples),
         "rejected": len(rejects),
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),

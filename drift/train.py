@@ -56,12 +56,34 @@ def epoch_order(num_pairs: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_pairs, generator=generator).tolist()
 
 
-def micro_batches_for_rank(step_pairs: list[int], world_size: int, accum_steps: int, rank: int) -> list[list[int]]:
-    """Deal the step's pairs round-robin over (rank, micro-step) slots; a slot may be empty."""
+def plan_forwards(
+    step_pairs: list[int], pair_tokens: list[int], world_size: int, accum_steps: int, max_tokens_per_forward: int
+) -> list[list[list[int]]]:
+    """For every rank, the pair indices of each forward/backward it runs this step.
+
+    The step's pairs are dealt round-robin over (micro-step, rank) slots; a slot whose pairs exceed
+    the token budget is split into several forwards (at least one pair each). Every rank computes
+    every rank's plan from the same inputs, so all run the same number of forwards, as FSDP's
+    collectives require: a rank with fewer gets empty forwards, run on a zero-weight pair.
+    """
     slots = [[] for _ in range(world_size * accum_steps)]
     for position, pair_index in enumerate(step_pairs):
         slots[position % len(slots)].append(pair_index)
-    return [slots[micro * world_size + rank] for micro in range(accum_steps)]
+    plans = []
+    for rank in range(world_size):
+        forwards = []
+        for micro in range(accum_steps):
+            chunk, tokens = [], 0
+            for pair_index in slots[micro * world_size + rank]:
+                if chunk and max_tokens_per_forward and tokens + pair_tokens[pair_index] > max_tokens_per_forward:
+                    forwards.append(chunk)
+                    chunk, tokens = [], 0
+                chunk.append(pair_index)
+                tokens += pair_tokens[pair_index]
+            forwards.append(chunk)
+        plans.append(forwards)
+    longest = max(len(forwards) for forwards in plans)
+    return [forwards + [[] for _ in range(longest - len(forwards))] for forwards in plans]
 
 
 def build_optimizer(name: str, parameters: list, lr: float) -> torch.optim.Optimizer:
@@ -152,7 +174,8 @@ def _oom_advice(error: Exception, config: Config) -> RuntimeError:
     t = config.trainer
     return RuntimeError(
         f"out of memory ({error}). Lower trainer.per_device_batch_size (now {t.per_device_batch_size}) and raise "
-        f"trainer.grad_accum_steps to keep the global batch, lower trainer.max_length (now {t.max_length}), or "
+        f"trainer.grad_accum_steps to keep the global batch, set trainer.max_tokens_per_forward (now "
+        f"{t.max_tokens_per_forward}; it splits each micro-batch), lower trainer.max_length (now {t.max_length}), or "
         f"turn on model.gradient_checkpointing=true (now {config.model.gradient_checkpointing})"
     )
 
@@ -187,6 +210,7 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
     policy.train()
 
     pairs = stage.pairs
+    pair_tokens = [len(pair.chosen) + len(pair.rejected) for pair in pairs]
     global_batch = t.per_device_batch_size * runtime.world_size * t.grad_accum_steps
     steps_per_epoch = math.ceil(len(pairs) / global_batch)
     total_steps = steps_per_epoch * stage.epochs
@@ -213,7 +237,7 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
         num_chosen_tokens = sum(len(pairs[i].chosen.response_ids) for i in step_pairs)
         started = time.perf_counter()
         sums = torch.zeros(10, dtype=torch.float64)
-        micro_batches = micro_batches_for_rank(step_pairs, runtime.world_size, t.grad_accum_steps, runtime.rank)
+        micro_batches = plan_forwards(step_pairs, pair_tokens, runtime.world_size, t.grad_accum_steps, t.max_tokens_per_forward)[runtime.rank]
         try:
             for micro_index, indices in enumerate(micro_batches):
                 # an empty slot still runs forward/backward (FSDP collectives) on a zero-weight pair

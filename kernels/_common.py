@@ -15,26 +15,12 @@ def token_chunk_size(n_tokens: int, vocab: int, element_bytes: int) -> int:
 
 
 def logits_into(
-    out: torch.Tensor,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: float,
-    row_shift: torch.Tensor | None = None,
+    out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
-    """out = (hidden @ weight.T + bias) * scale - row_shift[:, None], written in place.
-
-    The scale and the shift ride on addmm's alpha and broadcast input, so no extra pass over the
-    [tokens, vocab] block is spent on them (only a bias together with a shift costs one).
-    """
+    """out = (hidden @ weight.T + bias) * scale, written in place (the scale rides on addmm's alpha)."""
     if bias is None:
-        if row_shift is None:
-            return torch.addmm(out, hidden, weight.t(), beta=0, alpha=scale, out=out)
-        return torch.addmm(row_shift.neg().unsqueeze(1), hidden, weight.t(), alpha=scale, out=out)
-    torch.addmm(bias, hidden, weight.t(), beta=scale, alpha=scale, out=out)
-    if row_shift is not None:
-        out.sub_(row_shift.unsqueeze(1))
-    return out
+        return torch.addmm(out, hidden, weight.t(), beta=0, alpha=scale, out=out)
+    return torch.addmm(bias, hidden, weight.t(), beta=scale, alpha=scale, out=out)
 
 
 def accumulate_logit_grads(

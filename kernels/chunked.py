@@ -74,48 +74,50 @@ def forward(hidden, weight, bias, targets, temperature):
 def backward(grad_logps, hidden, weight, bias, targets, lse, temperature, needs_input_grad):
     """Gradients for (hidden, weight, bias), None where needs_input_grad says not needed.
 
-    With z the scaled logits and P = softmax(z), d logp_i / d z_ij = [j = t_i] - P_ij. The tile
-    holds |g_i| * P_ij = exp(z_ij - lse_i + log|g_i|): folding |g| into the row shift makes the
-    tile the weighted softmax after one exp_ pass, and sign(g) is applied on the [N, H] side.
+    With z the scaled logits and P = softmax(z), d logp_i / d z_ij = [j = t_i] - P_ij. Each tile
+    is recomputed exactly as the forward computed it and turned into P in place; the upstream
+    gradient g is applied on the small side (rows of the [N, H] accumulator, g * hidden for the
+    weight gradient), and the one-hot part, one vocab row per token, is added once at the end.
     """
     need_hidden, need_weight, need_bias = needs_input_grad
     compute_dtype = lse.dtype
     scale = 1.0 / temperature
-    hidden_c = hidden.to(compute_dtype)
+    hidden_dtype = hidden.dtype
+    hidden = hidden.to(compute_dtype)
     grad = grad_logps.to(compute_dtype)
-    sign = torch.sign(grad)
-    row_shift = lse - grad.abs().log()  # +inf where g = 0: those rows' tiles are exactly 0
     n_tokens, vocab = hidden.shape[0], weight.shape[0]
-    probs_at_weight = torch.zeros_like(hidden_c) if need_hidden else None
+    probs_at_weight = torch.zeros_like(hidden) if need_hidden else None
     grad_weight = torch.empty(weight.shape, dtype=compute_dtype, device=weight.device) if need_weight else None
-    grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=weight.device) if need_bias else None
-    signed_hidden = hidden_c * sign.unsqueeze(1) if need_weight else None
-    buffer = _tile_buffer(n_tokens, vocab, hidden_c)
+    grad_bias = torch.empty(vocab, dtype=compute_dtype, device=weight.device) if need_bias else None
+    grad_scaled_hidden = hidden * grad.unsqueeze(1) if need_weight else None
+    buffer = _tile_buffer(n_tokens, vocab, hidden)
     for v0 in range(0, vocab, VOCAB_BLOCK):
         weight_block = weight[v0 : v0 + VOCAB_BLOCK].to(compute_dtype)
         bias_block = None if bias is None else bias[v0 : v0 + VOCAB_BLOCK].to(compute_dtype)
+        vocab_rows = slice(v0, v0 + VOCAB_BLOCK)
         for t0 in range(0, n_tokens, TOKEN_CHUNK):
             rows = slice(t0, t0 + TOKEN_CHUNK)
-            hidden_chunk = hidden_c[rows]
-            tile = _tile(buffer, hidden_chunk.shape[0], weight_block.shape[0])
-            logits_into(tile, hidden_chunk, weight_block, bias_block, scale, row_shift[rows]).exp_()
+            hidden_chunk = hidden[rows]
+            probs = _tile(buffer, hidden_chunk.shape[0], weight_block.shape[0])
+            # the same call as the forward's, so the logits come out bit for bit as they went
+            # into lse: a target that holds all the mass gets exactly P = 1 even at |z| ~ 1e4
+            logits_into(probs, hidden_chunk, weight_block, bias_block, scale)
+            probs.sub_(lse[rows].unsqueeze(1)).exp_()
+            first = t0 == 0
             if need_hidden:
-                probs_at_weight[rows].addmm_(tile, weight_block)
+                probs_at_weight[rows].addmm_(probs, weight_block)
             if need_weight:
-                grad_weight[v0 : v0 + VOCAB_BLOCK].addmm_(
-                    tile.t(), signed_hidden[rows], beta=0 if t0 == 0 else 1, alpha=-scale
-                )
+                grad_weight[vocab_rows].addmm_(probs.t(), grad_scaled_hidden[rows], beta=0 if first else 1, alpha=-scale)
             if need_bias:
-                grad_bias[v0 : v0 + VOCAB_BLOCK].addmv_(tile.t(), sign[rows], alpha=-scale)
-    # the one-hot part of d logp / d z touches one vocab row per token
+                grad_bias[vocab_rows].addmv_(probs.t(), grad[rows], beta=0 if first else 1, alpha=-scale)
     target_grad = grad * scale
     grad_hidden = None
     if need_hidden:
-        probs_at_weight.mul_((sign * -scale).unsqueeze(1))
-        probs_at_weight.add_(weight.index_select(0, targets).to(compute_dtype) * target_grad.unsqueeze(1))
-        grad_hidden = probs_at_weight.to(hidden.dtype)
+        # grad_h = scale * g * (W[t] - P @ W)
+        probs_at_weight.sub_(weight.index_select(0, targets).to(compute_dtype)).mul_(-target_grad.unsqueeze(1))
+        grad_hidden = probs_at_weight.to(hidden_dtype)
     if need_weight:
-        grad_weight.index_add_(0, targets, hidden_c * target_grad.unsqueeze(1))
+        grad_weight.index_add_(0, targets, hidden * target_grad.unsqueeze(1))
         grad_weight = grad_weight.to(weight.dtype)
     if need_bias:
         grad_bias.index_add_(0, targets, target_grad)

@@ -24,12 +24,17 @@ _MODULES = {
 _LOW_PRECISION_AND_FP32 = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _installed(package: str) -> bool:
+    # find_spec locates the package without importing it
+    return importlib.util.find_spec(package) is not None
+
+
 def unavailable_reason(impl: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why `impl` cannot run on tensors of this device and dtype, or None when it can."""
     if impl == "chunked":
         return None
     if impl == "triton":
-        if importlib.util.find_spec("triton") is None:
+        if not _installed("triton"):
             return "impl='triton' needs the triton package: pip install triton (or pip install 'drift[gpu]')"
         if device.type == "cpu":
             if os.environ.get("TRITON_INTERPRET") != "1":
@@ -44,7 +49,7 @@ def unavailable_reason(impl: str, device: torch.device, dtype: torch.dtype) -> s
             return f"impl='triton' takes float32, bfloat16 or float16 inputs, got {dtype}; use impl='chunked'"
         return None
     if impl == "flash_attn":
-        if importlib.util.find_spec("flash_attn") is None:
+        if not _installed("flash_attn"):
             return "impl='flash_attn' needs the flash-attn package: pip install 'drift[gpu]'"
         if device.type != "cuda":
             return (

@@ -50,7 +50,7 @@ def _forward_kernel(
     DOT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
 ):
     split = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < n_tokens
     targets = tl.load(targets_ptr + rows, mask=row_ok, other=-1)
     running_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
@@ -61,10 +61,10 @@ def _forward_kernel(
     # which keeps the running max finite after the first tile
     last_tile = tl.minimum(first_tile + tiles_per_split, tl.cdiv(vocab, BLOCK_V))
     for tile in range(first_tile, last_tile):
-        cols = tile * BLOCK_V + tl.arange(0, BLOCK_V)
+        cols = (tile * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
         col_ok = cols < vocab
         logits = _scaled_logits_tile(
-            hidden_ptr, weight_ptr, bias_ptr, rows, cols.to(tl.int64), row_ok, col_ok, hidden_size, stride_hidden,
+            hidden_ptr, weight_ptr, bias_ptr, rows, cols, row_ok, col_ok, hidden_size, stride_hidden,
             stride_weight, scale, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_PRECISION, UPCAST_OPERANDS,
         )
         logits = tl.where(col_ok[None, :], logits, float("-inf"))
@@ -85,7 +85,8 @@ def _logit_grad_kernel(
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 offsets: chunk * vocab and vocab * H can pass 2^31
+    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     cols = (tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     row_ok = rows < n_tokens
     col_ok = cols < vocab
@@ -127,8 +128,9 @@ def _dot_options(dtype: torch.dtype) -> dict:
     # so there they are upcast first: bf16 products are exact in fp32, so the result is what the
     # GPU's bf16 dot with fp32 accumulation computes, up to summation order.
     upcast = INTERPRETED and dtype != torch.float32
-    # fp32 inputs get exact fp32 products; tf32 would cost ~1e-3 relative on the logits
-    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"
+    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative on the logits);
+    # None leaves bf16/fp16 dots at Triton's default
+    precision = "ieee" if dtype == torch.float32 or upcast else None
     return dict(DOT_PRECISION=precision, UPCAST_OPERANDS=upcast)
 
 

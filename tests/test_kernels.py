@@ -81,7 +81,8 @@ def make_inputs(case: Case, seed: int = 0):
     ignore_mask = torch.rand(case.n_tokens, generator=generator) < case.ignored_fraction
     targets[ignore_mask] = -100  # ignored ids must never be read
     grad_logps = torch.randn(case.n_tokens, generator=generator)
-    grad_logps[0] = 0.0  # a zero upstream gradient is a special case of the chunked backward
+    if case.n_tokens > 1:
+        grad_logps[-1] = 0.0  # a zero upstream gradient must give exactly zero contributions
     hidden, weight = hidden.to(case.dtype), weight.to(case.dtype)
     bias = None if bias is None else bias.to(case.dtype)
     return hidden, weight, bias, targets, ignore_mask, grad_logps

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,15 @@ ROW_KEYS = {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason", 
             "prompt_hash", "checkpoint_fingerprint", "attempts"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two cores shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model():
     tokenizer = build_byte_tokenizer()
     model = load_model(ModelConfig(name="tiny", name_or_path="tiny:llama"), dtype=torch.float32, seed=0,
@@ -63,6 +72,18 @@ def save_checkpoint(model, tokenizer, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def context_sensitive_model():
+    """The tiny model with its decoder layers' weights scaled up. At its initial scale the layers barely
+    move the residual stream and, with tied embeddings, greedy decoding just repeats the last prompt
+    token, whatever came before it: a test of padding, positions or the KV cache would pass blind."""
+    model, _ = tiny_model()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".layers." in name and parameter.dim() == 2:
+                parameter.mul_(8.0)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +103,10 @@ def eos_checkpoint(tmp_path_factory) -> Path:
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "eos_policy")
 
 
-def write_prompts(path: Path, count: int, *, long_prompt: bool = False, text: str = "tell me about item") -> Path:
+def write_prompts(path: Path, count: int, *, long_prompt: bool = False) -> Path:
     rows = [{"prompt_id": f"case-{i}#guided", "keep_last": 1,
-             "messages": [{"role": "user", "content": f"{text} {i} " + "and more " * (i % 4)}]} for i in range(count)]
+             "messages": [{"role": "user", "content": f"tell me about item {i} " + "and more " * (i % 4)}]}
+            for i in range(count)]
     if long_prompt:
         rows.append({"prompt_id": "too-long#original", "keep_last": 1,
                      "messages": [{"role": "user", "content": "x" * 400}]})
@@ -127,10 +149,11 @@ def argmax_decode(model, prompt: list[int], steps: int) -> list[int]:
 
 
 def test_greedy_sampling_loop_equals_argmax_decoding():
-    model, _ = tiny_model()
+    model = context_sensitive_model()
     prompts = [list(range(40, 52)), list(range(100, 103)), list(range(7, 30))]  # lengths 12, 3, 23: left padding
     steps = 10
     references = [argmax_decode(model, prompt, steps) for prompt in prompts]
+    assert all(len(set(reference)) > 3 for reference in references)  # not one token repeated
     # stop at a token that the first reference produces at step 4: that row must end there, the others
     # wherever (if anywhere) they produce it
     stop = references[0][4]
@@ -146,11 +169,14 @@ def test_greedy_sampling_loop_equals_argmax_decoding():
 
 
 def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds():
-    model, _ = tiny_model()
+    model = context_sensitive_model()
     prompts = [tuple(range(10 + i, 14 + 3 * i)) for i in range(5)]
     seeds = [11, 12, 13, 14, 15]
 
     class NoProgress:
+        def expect(self, samples):
+            pass
+
         def advance(self, samples, tokens):
             pass
 
@@ -271,7 +297,7 @@ def test_empty_replies_are_retried_with_the_next_seed_then_quarantined():
     rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=7, max_retries=2,
                                                 stamp={"backend": "hf", "checkpoint_fingerprint": "f"})
     assert [len(seeds) for seeds in calls] == [3, 2, 1]
-    assert tokens == (3 + 1 + 1) + (1 + 8) + 3
+    assert tokens == (3 + 1 + 1) + (3 + 8) + 3  # every attempt counts, the stop token included
     by_id = {row["prompt_id"]: row for row in rows}
     assert set(by_id) == {"empty-once", "fine"}
     assert by_id["empty-once"] == {
@@ -297,6 +323,9 @@ def test_a_model_that_only_says_eos_is_quarantined(eos_checkpoint, tmp_path):
 # ---- the sampler process ------------------------------------------------------------------------
 
 
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def sampler_command(checkpoint: Path, prompts: Path, out_dir: Path, *overrides: str) -> list[str]:
     return [sys.executable, str(SCRIPT), f"checkpoint={checkpoint}", f"prompts={prompts}", f"out_dir={out_dir}",
             "sampler=hf", "max_prompt_length=128", "prompt_format=chat_template", "device=cpu", *overrides]
@@ -307,7 +336,7 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
     out_dir = tmp_path / "sample"
     overrides = ["sampler.seed=3", "sampler.max_new_tokens=10", "sampler.num_samples=2", "sampler.batch_size=4"]
     result = subprocess.run(sampler_command(checkpoint, prompts, out_dir, *overrides), capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+                            timeout=120, cwd=tmp_path, env=SUBPROCESS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out_dir.iterdir()) == sorted([SAMPLES_FILE, REJECTS_FILE, REPORT_FILE])
 
@@ -316,11 +345,10 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
         (f"case-{i}#guided", index) for i in range(5) for index in (0, 1)]
     tokenizer = build_byte_tokenizer()
     fingerprint = checkpoint_fingerprint(checkpoint)
+    messages = {row["prompt_id"]: row["messages"] for row in read_jsonl(prompts)}
     for sample in samples:
         assert set(sample) == ROW_KEYS
-        i = int(sample["prompt_id"].split("-")[1].split("#")[0])
-        messages = [{"role": "user", "content": f"tell me about item {i} " + "and more " * (i % 4)}]
-        ids, _ = render_prompt_ids(messages, tokenizer, max_prompt_tokens=128, keep_last=1)
+        ids, _ = render_prompt_ids(messages[sample["prompt_id"]], tokenizer, max_prompt_tokens=128, keep_last=1)
         assert sample["prompt_hash"] == hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
         assert sample["seed"] == sample_seed(3, sample["prompt_id"], sample["sample_index"], sample["attempts"] - 1)
         assert sample["checkpoint_fingerprint"] == fingerprint and sample["backend"] == "hf"
@@ -341,11 +369,6 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
     run_sampler(checkpoint, prompts, rerun, SamplerConfig(seed=3, max_new_tokens=10, num_samples=2, batch_size=4),
                 max_prompt_length=128, prompt_format="chat_template", device="cpu", progress_bar=False)
     assert read_jsonl(rerun / SAMPLES_FILE) == samples
-    # and another seed does not
-    other = tmp_path / "other_seed"
-    run_sampler(checkpoint, prompts, other, SamplerConfig(seed=4, max_new_tokens=10, num_samples=2, batch_size=4),
-                max_prompt_length=128, prompt_format="chat_template", device="cpu", progress_bar=False)
-    assert [s["text"] for s in read_jsonl(other / SAMPLES_FILE)] != [s["text"] for s in samples]
 
 
 def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
@@ -356,19 +379,30 @@ def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
     (out_dir / SAMPLES_FILE).write_text('{"prompt_id": "stale"}\n')
     process = subprocess.Popen(
         sampler_command(checkpoint, prompts, out_dir, "sampler.max_new_tokens=400", "sampler.batch_size=4"),
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=SUBPROCESS_ENV,
     )
+    generating = threading.Event()
+
+    def watch_progress_bar():
+        seen = ""
+        while char := process.stderr.read(1):
+            seen = seen[-200:] + char
+            if "tok/s" in seen:  # the bar's rate appears once the first of 12 batches is done
+                generating.set()
+
+    watcher = threading.Thread(target=watch_progress_bar, daemon=True)
+    watcher.start()
     try:
-        first_line = process.stdout.readline()  # printed once the model is about to generate
-        assert first_line.startswith("sampler: 48 samples"), first_line
-        time.sleep(1.0)
+        assert generating.wait(timeout=90), "the sampler never showed its progress bar"
         assert process.poll() is None, "the sampler finished before it could be killed; give it more work"
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
     finally:
         if process.poll() is None:
             process.kill()
-        process.stdout.close()
+            process.wait()
+        watcher.join(timeout=10)
+        process.stderr.close()
     assert not (out_dir / SAMPLES_FILE).exists()
     assert not [p.name for p in out_dir.iterdir() if SAMPLES_FILE in p.name]
 
@@ -416,3 +450,76 @@ def test_vllm_missing_names_the_gpu_extra(monkeypatch, checkpoint, tmp_path):
         run_sampler(checkpoint, prompts, tmp_path / "out", SamplerConfig(backend="vllm"), max_prompt_length=128,
                     prompt_format="chat_template", progress_bar=False)
     assert str(error.value) == VLLM_MISSING
+
+
+def test_vllm_backend_glue_with_a_stand_in_engine(monkeypatch, checkpoint, tmp_path):
+    """The vLLM path of run_sampler against a stand-in module with vLLM's offline API (LLM(**engine
+    args), LLM.generate(prompts, [SamplingParams]) -> outputs[0].token_ids / finish_reason): what
+    reaches the engine, and how its outputs become rows and rejects. vLLM itself is not run here."""
+    import importlib.machinery
+    import types
+
+    tokenizer = build_byte_tokenizer()
+    eos, letters = tokenizer.eos_token_id, "abcdefghijklmnopqrstuvwxyz"
+    letter_ids = tokenizer.convert_tokens_to_ids(list(letters))
+    engines = []
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            self.kwargs, self.calls = kwargs, []
+            engines.append(self)
+
+        def generate(self, prompts, params, use_tqdm=True):
+            self.calls.append((prompts, [p.kwargs for p in params]))
+            outputs = []
+            for p in (p.kwargs for p in params):
+                if p["seed"] % 2 == 0:  # an even seed: EOS at once, the stop token returned as vLLM does
+                    token_ids, reason = [eos], "stop"
+                else:
+                    token_ids, reason = [letter_ids[p["seed"] % 26]] * p["max_tokens"], "length"
+                outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=token_ids, finish_reason=reason)]))
+            return outputs
+
+    fake = types.ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.LLM, fake.SamplingParams = LLM, SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # setdefault must leave a user's choice alone
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
+    cfg = SamplerConfig(backend="vllm", max_new_tokens=5, max_retries=1, seed=9)
+    report = run_sampler(checkpoint, prompts, tmp_path / "out", cfg, max_prompt_length=128,
+                         prompt_format="chat_template", progress_bar=False)
+
+    (engine,) = engines
+    assert engine.kwargs["model"] == str(checkpoint) and engine.kwargs["max_model_len"] == 128 + 5
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    first_prompts, first_params = engine.calls[0]
+    expected_seeds = [sample_seed(9, f"case-{i}#guided", 0, 0) for i in range(6)]
+    assert [p["seed"] for p in first_params] == expected_seeds
+    assert all(p["stop_token_ids"] == [eos] and p["n"] == 1 for p in first_params)
+    messages = json.loads(prompts.read_text().splitlines()[0])["messages"]
+    assert first_prompts[0] == {"prompt_token_ids": render_prompt_ids(messages, tokenizer, max_prompt_tokens=128,
+                                                                      keep_last=1)[0]}
+    # only the empty replies go round again, with their next seeds
+    # with seed 9 the first seeds of cases 0, 3 and 4 are even; of their second seeds, only case 4's is odd
+    retried = [f"case-{i}#guided" for i, seed in enumerate(expected_seeds) if seed % 2 == 0]
+    assert retried == ["case-0#guided", "case-3#guided", "case-4#guided"] and len(engine.calls) == 2
+    assert [p["seed"] for p in engine.calls[1][1]] == [sample_seed(9, pid, 0, 1) for pid in retried]
+
+    samples = read_jsonl(tmp_path / "out" / SAMPLES_FILE)
+    rejects = read_jsonl(tmp_path / "out" / REJECTS_FILE)
+    assert [(r["prompt_id"], r["attempts"]) for r in samples] == [
+        ("case-1#guided", 1), ("case-2#guided", 1), ("case-4#guided", 2), ("case-5#guided", 1)]
+    assert [(r["prompt_id"], r["reason"]) for r in rejects] == [("case-0#guided", "empty_output"),
+                                                                ("case-3#guided", "empty_output")]
+    for row in samples:
+        assert row["backend"] == "vllm" and row["checkpoint_fingerprint"] == checkpoint_fingerprint(checkpoint)
+        assert row["seed"] % 2 == 1 and row["text"] == letters[row["seed"] % 26] * 5
+        assert row["finish_reason"] == "length" and row["num_tokens"] == 5
+    assert report["data_parallel_size"] == 1 and report["tensor_parallel_size"] == 1

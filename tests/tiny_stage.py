@@ -1,6 +1,6 @@
 """Train the tiny model on synthetic pairs; run single-process or under torchrun by the tests.
 
-usage: tiny_stage.py OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM OPTIMIZER NUM_PAIRS EPOCHS [SAVE_EVERY]
+usage: tiny_stage.py OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM OPTIMIZER NUM_PAIRS EPOCHS [SAVE_EVERY [MAX_TOKENS_PER_FORWARD]]
 """
 
 import sys
@@ -17,7 +17,7 @@ from drift.parallel import init_runtime  # noqa: E402
 from drift.train import Stage, train_stage  # noqa: E402
 
 
-def main(out_dir, per_device_batch_size, grad_accum_steps, optimizer, num_pairs, epochs, save_every=0) -> None:
+def main(out_dir, per_device_batch_size, grad_accum_steps, optimizer, num_pairs, epochs, save_every=0, max_tokens_per_forward=0) -> None:
     out = Path(out_dir)
     config = tiny_config(
         out,
@@ -27,6 +27,7 @@ def main(out_dir, per_device_batch_size, grad_accum_steps, optimizer, num_pairs,
         optimizer=optimizer,
         warmup_ratio=0.0 if optimizer == "sgd" else 0.1,
         save_every_steps=save_every,
+        max_tokens_per_forward=max_tokens_per_forward,
     )
     runtime = init_runtime("cpu", "fp32")
     tokenizer = load_tokenizer(config.model)
