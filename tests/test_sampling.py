@@ -229,11 +229,14 @@ def test_checkpoint_fingerprint_hashes_weight_content_only(checkpoint, tmp_path)
         checkpoint_fingerprint(tmp_path)
 
 
-def test_stop_tokens_ignore_a_generation_config_eos_that_is_an_ordinary_token(checkpoint):
+def test_stop_tokens_ignore_a_generation_config_eos_that_is_an_ordinary_token(checkpoint, tmp_path):
     tokenizer = build_byte_tokenizer()
-    # the tiny model's generation_config.json says eos_token_id=2 (LlamaConfig's default): a byte here
-    assert json.loads((checkpoint / "generation_config.json").read_text())["eos_token_id"] == 2
     assert stop_token_ids(tokenizer, checkpoint) == [tokenizer.eos_token_id]
+    # a generation_config written from defaults (LlamaConfig's eos_token_id=2) names a byte here
+    copy = Path(shutil.copytree(checkpoint, tmp_path / "defaults"))
+    config = json.loads((copy / "generation_config.json").read_text())
+    (copy / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": [2, tokenizer.eos_token_id]}))
+    assert stop_token_ids(tokenizer, copy) == [tokenizer.eos_token_id]
 
 
 def test_read_prompt_rows_names_the_bad_line(tmp_path):
