@@ -37,6 +37,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def hydra_override(key: str, value) -> str:
+    """key=value for a Hydra command line; strings and paths are quoted (a sweep folder holds '=' and ',')."""
+    if isinstance(value, (str, Path)):
+        escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
+        return f"{key}='{escaped}'"
+    return f"{key}={value}"
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -86,13 +94,14 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
         write_jsonl_atomic(folder / "prompts.jsonl", [request.as_row() for request in requests])
         sampler = config.sampler
         overrides = [f"sampler={sampler.backend}"] + [
-            f"sampler.{f.name}={getattr(sampler, f.name)}" for f in fields(sampler) if f.name != "backend"
+            hydra_override(f"sampler.{f.name}", getattr(sampler, f.name)) for f in fields(sampler) if f.name != "backend"
         ]
         command = [
             sys.executable, str(SAMPLER_SCRIPT),
-            f"checkpoint={checkpoint}", f"prompts={folder / 'prompts.jsonl'}", f"out_dir={folder}",
-            f"max_prompt_length={config.trainer.max_prompt_length}", f"prompt_format={config.data.prompt_format}",
-            f"trust_remote_code={config.model.trust_remote_code}", f"device={config.trainer.device}",
+            hydra_override("checkpoint", checkpoint), hydra_override("prompts", folder / "prompts.jsonl"),
+            hydra_override("out_dir", folder), hydra_override("max_prompt_length", config.trainer.max_prompt_length),
+            hydra_override("prompt_format", config.data.prompt_format),
+            hydra_override("trust_remote_code", config.model.trust_remote_code), hydra_override("device", config.trainer.device),
             *overrides,
         ]
         result = subprocess.run(command)
