@@ -100,19 +100,26 @@ class SequenceLogprobModel(nn.Module):
                 "drift.kernels computes log-probs of uncapped logits"
             )
 
+    # set by shard() for a single process computing in bf16 (FSDP's mixed precision does it otherwise)
+    autocast_dtype: torch.dtype | None = None
+
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         decoder = self.causal_lm.get_decoder()
-        hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+        device_type = batch.input_ids.device.type
+        with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
         head = self.causal_lm.get_output_embeddings()
         scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions)
-        return kernels.token_logprobs(scored, head.weight, batch.target_ids, bias=head.bias, impl=self.logprob_impl)
+        weight = head.weight.to(scored.dtype)
+        bias = None if head.bias is None else head.bias.to(scored.dtype)
+        return kernels.token_logprobs(scored, weight, batch.target_ids, bias=bias, impl=self.logprob_impl)
 
 
 def shard(model: SequenceLogprobModel, runtime: Runtime) -> SequenceLogprobModel:
     """FSDP2 over all ranks: each decoder layer its own unit, the root holds embeddings and head."""
     if not runtime.distributed:
-        if runtime.dtype != torch.float32:
-            model.to(runtime.dtype)
+        # fp32 master weights here too; compute in the runtime dtype under autocast
+        model.autocast_dtype = runtime.dtype if runtime.dtype != torch.float32 else None
         return model.to(runtime.device)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
