@@ -4,13 +4,15 @@
     python benchmarks/logprob_throughput.py --n 512 2048 8192 --h 896 5120 --v 49152 151936 --variants naive chunked
 
 Every variant computes log p(target) for N tokens from hidden [N, H] and an lm_head weight [V, H]
-and back-propagates a fixed random upstream gradient into both. Each (shape, variant) runs in a
-fresh subprocess, so its peak memory is its own: on CPU the peak RSS above the RSS after the inputs
-were built, on GPU the CUDA allocator's peak above what the inputs hold. "transient" is that peak
-minus the hidden and weight gradient buffers every method must return. Errors are max abs
-differences from an fp64 reference on the first --error-tokens tokens (log-probs and their hidden
-gradients; a token's hidden gradient depends on its own row only, so a slice is exact).
-Writes benchmarks/results/logprob_throughput_<device>.json and prints a table.
+and back-propagates a fixed random upstream gradient into both. Each timed run happens in a fresh
+subprocess, so its peak memory is its own: on CPU the peak RSS above the RSS after the inputs were
+built, on GPU the CUDA allocator's peak above what the inputs hold. "transient" is that peak minus
+the hidden and weight gradient buffers every method must return. The --repeat rounds interleave
+the variants (naive, trl, ..., then again), so a burst of load from other work on a shared
+machine lands on all of them alike; the median is reported, with the load average per run.
+Errors are max abs differences from an fp64 reference on the first --error-tokens tokens
+(log-probs and their hidden gradients; a token's hidden gradient depends on its own row only,
+so a slice is exact). Writes benchmarks/results/logprob_throughput_<device>.json, prints a table.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -63,7 +66,9 @@ def _checkpointed(hidden, weight, targets, chunk_tokens=256):
         return _naive(hidden_chunk, weight, target_chunk)
 
     pieces = [
-        torch.utils.checkpoint.checkpoint(chunk_logps, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False)
+        torch.utils.checkpoint.checkpoint(
+            chunk_logps, hidden[i : i + chunk_tokens], targets[i : i + chunk_tokens], use_reentrant=False
+        )
         for i in range(0, hidden.shape[0], chunk_tokens)
     ]
     return torch.cat(pieces)
@@ -112,16 +117,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _run_once(runner, hidden, weight, targets, grad_logps, device) -> tuple[float, torch.Tensor]:
-    hidden.grad = weight.grad = None
-    _sync(device)
-    start = time.perf_counter()
-    logps = runner(hidden, weight, targets)
-    logps.backward(grad_logps)
-    _sync(device)
-    return time.perf_counter() - start, logps.detach()
-
-
 def _fp64_errors(logps, grad_hidden, hidden, weight, targets, grad_logps, n_tokens):
     hidden64 = hidden[:n_tokens].detach().double().requires_grad_()
     logits = hidden64 @ weight.detach().double().t()
@@ -134,12 +129,12 @@ def _fp64_errors(logps, grad_hidden, hidden, weight, targets, grad_logps, n_toke
 
 
 def worker(spec: dict) -> dict:
+    """One timed forward+backward of one variant on one shape (and, if asked, its errors)."""
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     n_tokens, hidden_size, vocab = spec["n"], spec["h"], spec["v"]
-    result = dict(variant=spec["variant"], n=n_tokens, h=hidden_size, v=vocab, dtype=spec["dtype"])
     reason = _unavailable_reason(spec["variant"], device, dtype)
     if reason is not None:
-        return dict(result, status="not runnable", reason=reason)
+        return dict(status="not runnable", reason=reason)
     runner = RUNNERS[spec["variant"]]
     generator = torch.Generator(device="cpu").manual_seed(0)
     # built in place so no temporary copy raises the RSS high-water mark before the baseline
@@ -149,12 +144,12 @@ def worker(spec: dict) -> dict:
     targets = torch.randint(0, vocab, (n_tokens,), generator=generator).to(device)
     grad_logps = torch.randn(n_tokens, generator=generator).to(device)
     try:
-        # warm-up: imports, lazy library init and kernel compilation stay out of the timings; on CPU a
+        # warm-up: imports, lazy library init and kernel compilation stay out of the timing; on CPU a
         # 16-token slice is enough, on GPU the full shape is needed for its compiled kernels
         warm = slice(None) if device.type == "cuda" else slice(0, 16)
         runner(hidden[warm].detach().requires_grad_(), weight, targets[warm]).backward(grad_logps[warm])
     except Exception as error:  # a peer that cannot run here is reported, not fatal
-        return dict(result, status="not runnable", reason=f"{type(error).__name__}: {error}"[:400])
+        return dict(status="not runnable", reason=f"{type(error).__name__}: {error}"[:400])
     weight.grad = None
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -162,33 +157,23 @@ def worker(spec: dict) -> dict:
         baseline = torch.cuda.memory_allocated()
     else:
         baseline, max_rss_before = _rss_bytes(), _max_rss_bytes()
-    seconds = []
-    for _ in range(spec["repeat"]):
-        elapsed, logps = _run_once(runner, hidden, weight, targets, grad_logps, device)
-        seconds.append(elapsed)
+    start = time.perf_counter()
+    logps = runner(hidden, weight, targets)
+    logps.backward(grad_logps)
+    _sync(device)
+    seconds = time.perf_counter() - start
     if device.type == "cuda":
         peak_extra = torch.cuda.max_memory_allocated() - baseline
     else:
         max_rss_after = _max_rss_bytes()
-        # if the runs never rose above an earlier high-water mark, the peak is unknown (reported as null)
+        # if the run never rose above an earlier high-water mark its peak is unknown (null)
         peak_extra = max_rss_after - baseline if max_rss_after > max_rss_before else None
-    grad_bytes = hidden.grad.numel() * hidden.grad.element_size() + weight.grad.numel() * weight.grad.element_size()
-    err_logps, err_grad_hidden = _fp64_errors(logps, hidden.grad, hidden, weight, targets, grad_logps, spec["error_tokens"])
-    median = statistics.median(seconds)
-    result.update(
-        status="ok",
-        seconds_median=median,
-        seconds=seconds,
-        tokens_per_second=n_tokens / median,
-        peak_extra_bytes=peak_extra,
-        grad_buffer_bytes=grad_bytes,
-        transient_bytes=None if peak_extra is None else peak_extra - grad_bytes,
-        max_abs_err_logps=err_logps,
-        max_abs_err_grad_hidden=err_grad_hidden,
-        error_tokens=min(spec["error_tokens"], n_tokens),
-    )
-    if device.type == "cuda":
-        result["tflops"] = 6 * n_tokens * hidden_size * vocab / median / 1e12
+    grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in (hidden, weight))
+    result = dict(status="ok", seconds=seconds, peak_extra_bytes=peak_extra, grad_buffer_bytes=grad_bytes)
+    if spec["error_tokens"]:
+        n_checked = spec["error_tokens"]
+        errors = _fp64_errors(logps.detach(), hidden.grad, hidden, weight, targets, grad_logps, n_checked)
+        result.update(max_abs_err_logps=errors[0], max_abs_err_grad_hidden=errors[1])
     return result
 
 
@@ -198,8 +183,9 @@ def worker(spec: dict) -> dict:
 def _device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    return f"{model}, {torch.get_num_threads()} threads"
+    with open("/proc/cpuinfo") as cpuinfo:
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    return f"{models[0] if models else platform.processor()}, {torch.get_num_threads()} threads"
 
 
 def _peak_tflops(name: str) -> float | None:
@@ -207,17 +193,56 @@ def _peak_tflops(name: str) -> float | None:
 
 
 def _run_worker(spec: dict) -> dict:
-    load_before = os.getloadavg()
-    completed = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    load_after = os.getloadavg()
+    load = os.getloadavg()[0]
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    completed = subprocess.run(command, capture_output=True, text=True)
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
-        result = dict(variant=spec["variant"], n=spec["n"], h=spec["h"], v=spec["v"], dtype=spec["dtype"], status="failed", reason=" | ".join(tail)[:400])
-    else:
-        result = json.loads(lines[-1])
-    result["load_average_1min"] = [round(load_before[0], 2), round(load_after[0], 2)]
-    return result
+        return dict(status="failed", reason=" | ".join(tail)[:400])
+    return dict(json.loads(lines[-1]), load_average_1min=round(load, 2))
+
+
+def _summarise(variant: str, shape: dict, runs: list[dict]) -> dict:
+    """One row per (shape, variant): the median time and the largest peak over its runs."""
+    row = dict(variant=variant, **shape)
+    failed = next((run for run in runs if run["status"] != "ok"), None)
+    if failed:
+        return dict(row, status=failed["status"], reason=failed["reason"])
+    seconds = [run["seconds"] for run in runs]
+    peaks = [run["peak_extra_bytes"] for run in runs if run["peak_extra_bytes"] is not None]
+    peak = max(peaks) if peaks else None
+    median = statistics.median(seconds)
+    row.update(
+        status="ok",
+        seconds_median=median,
+        seconds=seconds,
+        load_average_1min=[run["load_average_1min"] for run in runs],
+        tokens_per_second=shape["n"] / median,
+        peak_extra_bytes=peak,
+        grad_buffer_bytes=runs[0]["grad_buffer_bytes"],
+        transient_bytes=None if peak is None else peak - runs[0]["grad_buffer_bytes"],
+        max_abs_err_logps=runs[0]["max_abs_err_logps"],
+        max_abs_err_grad_hidden=runs[0]["max_abs_err_grad_hidden"],
+    )
+    if shape["device_type"] == "cuda":
+        row["tflops"] = 6 * shape["n"] * shape["h"] * shape["v"] / median / 1e12
+    return row
+
+
+def _measure_shape(shape: dict, args) -> list[dict]:
+    runs = {variant: [] for variant in args.variants}
+    for round_index in range(args.repeat):
+        for variant in args.variants:
+            if runs[variant] and runs[variant][-1]["status"] != "ok":
+                continue  # not runnable here: once is enough to say why
+            error_tokens = args.error_tokens if round_index == 0 else 0
+            run = _run_worker(dict(shape, device=args.device, variant=variant, error_tokens=error_tokens))
+            runs[variant].append(run)
+            outcome = f"{run['seconds']:.2f} s" if run["status"] == "ok" else run["status"]
+            label = f"N={shape['n']} H={shape['h']} V={shape['v']} {variant} round {round_index + 1}"
+            print(f"  {label}: {outcome}", file=sys.stderr, flush=True)
+    return [_summarise(variant, shape, variant_runs) for variant, variant_runs in runs.items()]
 
 
 def _compare_with_baselines(results: list[dict], peak_tflops: float | None) -> None:
@@ -243,8 +268,10 @@ def _gb(value) -> str:
 
 
 def _print_table(results: list[dict]) -> None:
-    header = f"{'N':>5} {'H':>5} {'V':>7} {'variant':<13} {'s':>7} {'tok/s':>8} {'peak GB':>7} {'trans GB':>8} {'err logp':>8} {'err dh':>8} {'xnaive t':>8} {'xnaive m':>8} {'TFLOP/s':>7}"
-    print(header)
+    print(
+        f"{'N':>5} {'H':>5} {'V':>7} {'variant':<13} {'s':>7} {'tok/s':>8} {'peak GB':>7} {'trans GB':>8} "
+        f"{'err logp':>8} {'err dh':>8} {'xnaive t':>8} {'xnaive m':>8} {'TFLOP/s':>7}"
+    )
     for r in results:
         if r["status"] != "ok":
             print(f"{r['n']:>5} {r['h']:>5} {r['v']:>7} {r['variant']:<13} {r['status']}: {r['reason'][:90]}")
@@ -253,8 +280,8 @@ def _print_table(results: list[dict]) -> None:
         ratio_m = f"{r['transient_vs_naive']:.3f}" if "transient_vs_naive" in r else "-"
         tflops = f"{r['tflops']:.0f}" if "tflops" in r else "-"
         print(
-            f"{r['n']:>5} {r['h']:>5} {r['v']:>7} {r['variant']:<13} {r['seconds_median']:>7.2f} {r['tokens_per_second']:>8.0f} "
-            f"{_gb(r['peak_extra_bytes']):>7} {_gb(r['transient_bytes']):>8} {r['max_abs_err_logps']:>8.1e} "
+            f"{r['n']:>5} {r['h']:>5} {r['v']:>7} {r['variant']:<13} {r['seconds_median']:>7.2f} "
+            f"{r['tokens_per_second']:>8.0f} {_gb(r['peak_extra_bytes']):>7} {_gb(r['transient_bytes']):>8} {r['max_abs_err_logps']:>8.1e} "
             f"{r['max_abs_err_grad_hidden']:>8.1e} {ratio_t:>8} {ratio_m:>8} {tflops:>7}"
         )
 
@@ -270,7 +297,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", help="float32 or bfloat16 (default float32 on CPU, bfloat16 on GPU)")
     parser.add_argument("--error-tokens", type=int, default=256, help="tokens checked against the fp64 reference")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, when not in the built-in table")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/logprob_throughput_<device>.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default results/logprob_throughput_<device>.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -288,12 +315,8 @@ def main(argv=None) -> None:
     for vocab in args.v:
         for hidden_size in h_values:
             for n_tokens in n_values:
-                for variant in args.variants:
-                    spec = dict(device=args.device, dtype=dtype, n=n_tokens, h=hidden_size, v=vocab, variant=variant, repeat=args.repeat, error_tokens=args.error_tokens)
-                    result = _run_worker(spec)
-                    results.append(result)
-                    seconds = f"{result['seconds_median']:.2f} s" if result["status"] == "ok" else result["status"]
-                    print(f"  N={n_tokens} H={hidden_size} V={vocab} {variant}: {seconds}", file=sys.stderr, flush=True)
+                shape = dict(n=n_tokens, h=hidden_size, v=vocab, dtype=dtype, device_type=device.type)
+                results.extend(_measure_shape(shape, args))
     _compare_with_baselines(results, peak_tflops)
     _print_table(results)
     report = dict(
@@ -305,12 +328,17 @@ def main(argv=None) -> None:
         load_average_start=[round(x, 2) for x in load_start],
         load_average_end=[round(x, 2) for x in os.getloadavg()],
         bf16_peak_tflops=peak_tflops,
-        memory="CUDA allocator peak above the inputs" if on_gpu else "peak RSS of a fresh subprocess above its RSS after building the inputs",
+        memory=(
+            "CUDA allocator peak above the inputs"
+            if on_gpu
+            else "peak RSS of a fresh subprocess above its RSS after building the inputs"
+        ),
         transient="peak extra memory minus the hidden and weight gradient buffers",
         errors=f"max abs error vs an fp64 reference on the first {args.error_tokens} tokens: log-probs and d hidden",
         results=results,
     )
-    out = args.out or RESULTS_DIR / f"logprob_throughput_{'cpu' if not on_gpu else description.split()[-1].lower()}.json"
+    device_slug = re.sub(r"[^a-z0-9]+", "_", description.lower()).strip("_") if on_gpu else "cpu"
+    out = args.out or RESULTS_DIR / f"logprob_throughput_{device_slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -18,10 +18,11 @@ import torch
 from ._common import logits_into
 
 # Tile shape. Each tile feeds three matmuls whose inner dimensions are H, VOCAB_BLOCK and
-# TOKEN_CHUNK, so neither side may be small; 4 MiB of fp32 stays cache-resident for the
-# elementwise passes. Measured on the 2-core CPU (benchmarks/logprob_throughput.py).
-TOKEN_CHUNK = 1024
-VOCAB_BLOCK = 1024
+# TOKEN_CHUNK; on the 2-core CPU those ran at 175-185 GFLOP/s with both sides >= 2048 against
+# 160-165 at 1024 (the matmuls are ~96% of the time), and few, large tiles keep the number of
+# parallel regions low, which matters when other processes share the cores. 32 MiB in fp32.
+TOKEN_CHUNK = 2048
+VOCAB_BLOCK = 4096
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
