@@ -36,7 +36,8 @@ WORDS = (
     "never day same another know while last might us great old year off come since against go came right used take "
     "three river garden engine theory market winter silver letter window number system paper music"
 ).split()
-VARIANTS = ("ours", "ours_torchrun2", "trl", "trl_precompute", "trl_liger")
+VARIANTS = ("ours", "ours_torchrun2", "trl", "trl_precompute", "trl_precompute_accum", "trl_liger")
+OUR_SEED = 42  # trainer.seed
 
 
 def word_salad_pairs(count: int, seed: int) -> list[dict]:
@@ -71,6 +72,7 @@ def _our_config(args, out: Path):
         trainer=TrainerConfig(
             lr=5e-7, per_device_batch_size=args.batch // args.world, max_length=args.max_length,
             max_prompt_length=3 * args.max_length // 4, precision="auto", logprob_impl=args.logprob_impl,
+            max_tokens_per_forward=args.max_tokens_per_forward,
         ),
         logging=LoggingConfig(wandb_mode="disabled", progress_bar=False),
         run_name="bench",
@@ -155,7 +157,7 @@ def _reference_reuse(args, config, runtime, tokenizer, tokenized, out: Path) -> 
 # ---- TRL ------------------------------------------------------------------------------------
 
 
-def run_trl(args, out: Path, *, precompute: bool, liger: bool) -> dict:
+def run_trl(args, out: Path, *, precompute: bool, liger: bool, accum: int = 1) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -163,11 +165,15 @@ def run_trl(args, out: Path, *, precompute: bool, liger: bool) -> dict:
 
     from drift.config import ModelConfig
     from drift.model import resolve_source
+    from drift.train import epoch_order
 
     source = resolve_source(ModelConfig(name_or_path=args.model))
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     raw = word_salad_pairs(args.pairs, args.seed)
+    # our trainer's epoch order, fed to TRL sequentially: both see the same pairs at every step,
+    # so their losses can be compared step by step
+    raw = [raw[i] for i in epoch_order(len(raw), OUR_SEED, 0)]
     dataset = Dataset.from_list(
         [
             {
@@ -193,14 +199,26 @@ def run_trl(args, out: Path, *, precompute: bool, liger: bool) -> dict:
             step_seconds.append(time.perf_counter() - marks["step"])
 
     config = DPOConfig(
-        output_dir=str(out / "trl"), per_device_train_batch_size=args.batch, max_length=args.max_length,
+        output_dir=str(out / "trl"), per_device_train_batch_size=args.batch // accum, gradient_accumulation_steps=accum,
+        max_length=args.max_length, train_sampling_strategy="sequential",
         learning_rate=5e-7, optim="rmsprop", lr_scheduler_type="linear", beta=0.1,
         # same warmup as ours: ceil(0.1 * total steps)
         warmup_steps=math.ceil(0.1 * math.ceil(args.pairs / args.batch)),
         num_train_epochs=1, precompute_ref_log_probs=precompute, use_liger_kernel=liger, report_to=[],
-        save_strategy="no", logging_steps=1, seed=42, use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", logging_steps=1, seed=OUR_SEED, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), dataloader_num_workers=0,
     )
+    # TRL precomputes the reference log-probs while the trainer is built: time that call
+    precompute_seconds = []
+    original_precompute = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **k):
+        begun = time.perf_counter()
+        result = original_precompute(self, *a, **k)
+        precompute_seconds.append(time.perf_counter() - begun)
+        return result
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
     started = time.perf_counter()
     trainer.train()
@@ -216,8 +234,8 @@ def run_trl(args, out: Path, *, precompute: bool, liger: bool) -> dict:
         "step_tokens": [int(tokens_per_pair * args.batch)] * len(step_seconds),
         "final_loss": losses[-1] if losses else None,
         "losses": losses,
-        # TRL's precompute pass runs before the first step; without it the reference runs every step
-        "reference_seconds": (marks.get("first_step", started) - started) if precompute else None,
+        # without the precompute pass the reference runs on every step
+        "reference_seconds": sum(precompute_seconds) if precompute else None,
         "reference_sequences": 2 * args.pairs if precompute else 2 * args.batch * len(step_seconds),
     }
 
@@ -231,6 +249,43 @@ def _trl_tokens_per_pair(tokenizer, raw, max_length) -> float:
     return total / len(raw)
 
 
+# ---- padding --------------------------------------------------------------------------------
+
+
+def padding_report(args) -> dict:
+    """Padding share of the step's batches, ours (packed) beside one right-padded row per sequence.
+
+    On the synthetic pairs and on the fixture's warm-start pairs, batches in our epoch order.
+    """
+    from drift.config import ModelConfig
+    from drift.data import load_records
+    from drift.data.config import DataConfig
+    from drift.data.records import PreferencePair
+    from drift.model import load_tokenizer
+    from drift.tokenize import collate_sequences, tokenize_pairs
+    from drift.train import epoch_order
+
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=args.model))
+    synthetic = [
+        PreferencePair(f"p{i}", ({"role": "user", "content": r["prompt"]},), r["chosen"], r["rejected"])
+        for i, r in enumerate(word_salad_pairs(args.pairs, args.seed))
+    ]
+    report = {}
+    for name, pairs in (("synthetic", synthetic), ("fixture", load_records(DataConfig(name="fixture")).seed_pairs)):
+        tokenized, _, _ = tokenize_pairs(pairs, tokenizer, max_length=args.max_length, max_prompt_length=3 * args.max_length // 4)
+        order = epoch_order(len(tokenized), OUR_SEED, 0)
+        row = {"pairs": len(tokenized)}
+        for layout, packed in (("ours_packed", True), ("padded_rows", False)):
+            real = padding = 0
+            for start in range(0, len(order), args.batch):
+                step = [tokenized[i] for i in order[start : start + args.batch]]
+                batch = collate_sequences([p.chosen for p in step] + [p.rejected for p in step], tokenizer.pad_token_id, packed=packed)
+                real, padding = real + batch.num_tokens, padding + batch.num_padding
+            row[f"{layout}_padding_share"] = padding / (real + padding)
+        report[name] = row
+    return report
+
+
 # ---- orchestration --------------------------------------------------------------------------
 
 
@@ -239,7 +294,10 @@ def child(args) -> None:
     if args.variant.startswith("ours"):
         result = run_ours(args, out)
     else:
-        result = run_trl(args, out, precompute=args.variant == "trl_precompute", liger=args.variant == "trl_liger")
+        result = run_trl(
+            args, out, precompute=args.variant.startswith("trl_precompute"), liger=args.variant == "trl_liger",
+            accum=args.batch if args.variant == "trl_precompute_accum" else 1,
+        )
     (out / f"result_rank{result['rank']}.json").write_text(json.dumps(result))
 
 
@@ -248,7 +306,7 @@ def launch(variant: str, args) -> dict:
     base = [
         str(Path(__file__).resolve()), "--child", "--variant", variant, "--out-dir", str(out), "--pairs", str(args.pairs),
         "--batch", str(args.batch), "--max-length", str(args.max_length), "--seed", str(args.seed), "--model", args.model,
-        "--logprob-impl", args.logprob_impl,
+        "--logprob-impl", args.logprob_impl, "--max-tokens-per-forward", str(args.max_tokens_per_forward),
     ]
     if variant == "ours_torchrun2":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *base, "--world", "2"]
@@ -290,13 +348,17 @@ def launch(variant: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["ours", "ours_torchrun2", "trl", "trl_precompute", "trl_liger"], choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4, help="global batch (pairs per optimizer step)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="embedded:smollm2")
     parser.add_argument("--logprob-impl", default="auto")
+    parser.add_argument(
+        "--max-tokens-per-forward", type=int, default=1024,
+        help="ours: trainer.max_tokens_per_forward (the step's pairs split over forwards of at most this many tokens; 0: one forward)",
+    )
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dpo_step_<device>.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -343,14 +405,21 @@ def main() -> None:
         if r.get("reference_sequences_per_iteration_initial_reference"):
             print(f"{r['variant']}: reference forwards per iteration with method.reference=initial: "
                   f"{r['reference_sequences_per_iteration_initial_reference']}")
+    padding = padding_report(args)
+    for name, row in padding.items():
+        print(
+            f"padding on the {name} pairs ({row['pairs']}): ours {100 * row['ours_packed_padding_share']:.2f}% of tokens, "
+            f"one padded row per sequence {100 * row['padded_rows_padding_share']:.1f}%"
+        )
     report = {
         "benchmark": "dpo_step",
+        "padding": padding,
         "device": device,
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(),
         "dtype": "bf16" if device == "cuda" else "fp32",
-        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl")},
+        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl", "max_tokens_per_forward")},
         "rows": [{k: v for k, v in r.items() if k != "_index"} for r in rows],
     }
     path = Path(args.out or ROOT / "benchmarks" / "results" / f"dpo_step_{device}.json")

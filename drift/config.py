@@ -73,6 +73,8 @@ class TrainerConfig:
     max_tokens_per_forward: int = 0
     # padding-free micro-batches (one packed row, attention kept within each sequence)
     packing: bool = True
+    # with packing, a pair's chosen and rejected sides share one copy of their prompt
+    share_prompts: bool = True
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Per-step metrics to metrics.jsonl (always) and wandb (offline unless configured), rank 0 only."""
+"""Per-step metrics to metrics.jsonl (always) and wandb (offline unless configured), rank 0 only.
+
+Beside them, pair_metrics.jsonl holds one row per pair per step (its DPO logit s and rewards), for
+the training-dynamics analysis: distributions of sigma(-s), not only their means.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,36 @@ from pathlib import Path
 from drift.config import LoggingConfig
 
 
+PAIR_METRICS = "pair_metrics.jsonl"
+
+
+def _drop_steps_after(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop what a killed run logged past it."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("a") as stream:
+        stream.write("".join(json.dumps(row) + "\n" for row in rows))
+        stream.flush()
+
+
 class MetricsLog:
     def __init__(self, path: Path, logging_cfg: LoggingConfig, *, enabled: bool, run_name: str, config: dict | None = None, resume_after_step: int = 0):
         self.path = Path(path)
+        self.pairs_path = self.path.parent / PAIR_METRICS
         self.enabled = enabled
         self._wandb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # a resumed run rewrites the steps after its checkpoint, so drop what a killed run logged past it
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_after_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+        _drop_steps_after(self.path, resume_after_step)
+        _drop_steps_after(self.pairs_path, resume_after_step)
         if logging_cfg.wandb_mode != "disabled":
             import wandb
 
@@ -39,11 +59,13 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
-            stream.flush()
+        _append_jsonl(self.path, [record])
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
+
+    def log_pairs(self, step: int, epoch: int, rows: list[dict]) -> None:
+        if self.enabled:
+            _append_jsonl(self.pairs_path, [{"step": step, "epoch": epoch, **row} for row in rows])
 
     def close(self) -> None:
         if self._wandb is not None:

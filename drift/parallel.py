@@ -67,6 +67,15 @@ def barrier(runtime: Runtime) -> None:
         dist.barrier()
 
 
+def gather_objects(items: list, runtime: Runtime) -> list:
+    """Every rank's list, concatenated in rank order (on every rank)."""
+    if not runtime.distributed:
+        return items
+    gathered: list[list] = [None] * runtime.world_size  # type: ignore[list-item]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def all_reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -83,16 +92,18 @@ def decoder_of(causal_lm: nn.Module) -> nn.Module:
 class SequenceLogprobModel(nn.Module):
     """Backbone + fused log-prob head: returns log p(target) for each scored position, never logits."""
 
-    def __init__(self, causal_lm: nn.Module, logprob_impl: str = "auto", packed: bool = True):
+    def __init__(self, causal_lm: nn.Module, logprob_impl: str = "auto", packed: bool = True, share_prompts: bool = True):
         super().__init__()
-        from drift.packing import supports_packing, use_packed_attention
+        from drift.packing import PACKED_SDPA, supports_packing, use_packed_attention
 
         self.causal_lm = causal_lm
         self.logprob_impl = logprob_impl
         # padding-free rows where the model's attention allows it
         self.packed = packed and supports_packing(causal_lm.config)
-        if self.packed:
-            use_packed_attention(causal_lm)
+        # one copy of a prompt its sequences share: our packed SDPA supports it, flash-attn's
+        # varlen kernel (contiguous sequences only) does not
+        attention = use_packed_attention(causal_lm) if self.packed else None
+        self.share_prompts = share_prompts and attention == PACKED_SDPA
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         if softcap:
             raise NotImplementedError(

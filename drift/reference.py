@@ -94,14 +94,18 @@ def compute_sequence_logps(
         share = share + [share[-1]] * (per_rank - len(share))
     if not share and per_rank:
         share = [sequences[0]] * per_rank
-    # longest first so padding inside a batch stays small
-    share = sorted(share, key=len, reverse=True)
+    if model.share_prompts:
+        # sequences with the same prompt side by side, so a batch runs each prompt once
+        share = sorted(share, key=lambda sequence: (sequence.prompt_ids, len(sequence.response_ids)))
+    else:
+        # longest first so padding inside a batch stays small
+        share = sorted(share, key=len, reverse=True)
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}
     for start in range(0, len(share), batch_size):
         chunk = share[start : start + batch_size]
-        batch = collate_sequences(chunk, pad_id, packed=model.packed).to(runtime.device)
+        batch = collate_sequences(chunk, pad_id, packed=model.packed, share_prompts=model.share_prompts).to(runtime.device)
         totals, _ = sequence_logps(model, batch)
         for sequence, value in zip(chunk, totals.double().cpu().tolist()):
             results[sequence.key] = value

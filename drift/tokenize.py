@@ -93,24 +93,47 @@ def tokenize_pairs(
     return tokenized, rejects, truncated_prompts
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of a packed row: a prompt (the trunk) and the responses that continue it.
+
+    Flat indices into the row: the trunk is [start, trunk_end), branch i is
+    [branch_ends[i-1] (trunk_end for i = 0), branch_ends[i]). Every branch attends to the trunk
+    and causally to itself, never to another branch, and its positions continue the trunk's, so
+    each branch computes exactly what its sequence alone would.
+    """
+
+    start: int
+    trunk_end: int
+    branch_ends: tuple[int, ...]
+
+
 @dataclass
 class SequenceBatch:
     """Sequences as model input plus the flat positions whose next token is scored.
 
-    Packed: one row [1, total tokens], ``position_ids`` restart per sequence, ``boundaries`` holds
-    the cumulative sequence starts, no padding. Padded: one row per sequence, right padding.
+    Packed: one row [1, total tokens], ``position_ids`` restart per segment, ``boundaries`` holds
+    the cumulative segment starts, no padding; with shared prompts, sequences with the same
+    prompt share one copy of it (``segments``). Padded: one row per sequence, right padding.
+    ``num_tokens`` counts every sequence in full (the work a plain layout would do);
+    ``num_positions`` what the model actually runs.
     """
 
     input_ids: torch.Tensor  # [rows, T]
     attention_mask: torch.Tensor | None  # [rows, T], padded layout only
     position_ids: torch.Tensor | None  # [1, T], packed layout only
-    boundaries: torch.Tensor | None  # [sequences + 1] int32, packed layout only
+    boundaries: torch.Tensor | None  # [segments + 1] int32, packed layout only
     target_positions: torch.Tensor  # [n] flat index into rows*T of the position predicting a target
     target_ids: torch.Tensor  # [n]
     target_sequence: torch.Tensor  # [n] which sequence each target belongs to
     num_sequences: int
     num_tokens: int
     num_padding: int
+    segments: tuple[Segment, ...] | None = None  # packed layout with a shared prompt somewhere
+
+    @property
+    def num_positions(self) -> int:
+        return self.input_ids.numel()
 
     def to(self, device) -> "SequenceBatch":
         def move(tensor):
@@ -119,14 +142,14 @@ class SequenceBatch:
         return SequenceBatch(
             self.input_ids.to(device), move(self.attention_mask), move(self.position_ids), self.boundaries,
             self.target_positions.to(device), self.target_ids.to(device), self.target_sequence.to(device),
-            self.num_sequences, self.num_tokens, self.num_padding,
+            self.num_sequences, self.num_tokens, self.num_padding, self.segments,
         )
 
     def model_inputs(self) -> dict:
         if self.boundaries is None:
             return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         longest = int((self.boundaries[1:] - self.boundaries[:-1]).max())
-        return {
+        inputs = {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
             # the names transformers' flash-attn varlen path reads; our packed SDPA reads them too
@@ -135,35 +158,79 @@ class SequenceBatch:
             "max_length_q": longest,
             "max_length_k": longest,
         }
+        if self.segments is not None:
+            inputs["drift_segments"] = self.segments  # read by drift.packing's attention only
+        return inputs
 
 
-def _targets(sequences: list[TokenSequence], starts: list[int]):
+def _padded_targets(sequences: list[TokenSequence], width: int):
     positions, targets, owners = [], [], []
-    for index, (sequence, start) in enumerate(zip(sequences, starts)):
-        first = start + len(sequence.prompt_ids)
+    for index, sequence in enumerate(sequences):
+        first = index * width + len(sequence.prompt_ids)
         # position p predicts token p + 1
-        positions.append(torch.arange(first - 1, start + len(sequence) - 1))
+        positions.append(torch.arange(first - 1, index * width + len(sequence) - 1))
         targets.append(torch.tensor(sequence.response_ids, dtype=torch.long))
         owners.append(torch.full((len(sequence.response_ids),), index, dtype=torch.long))
     return torch.cat(positions), torch.cat(targets), torch.cat(owners)
 
 
-def collate_sequences(sequences: list[TokenSequence], pad_id: int, *, packed: bool = False) -> SequenceBatch:
+def _group_by_prompt(sequences: list[TokenSequence], share_prompts: bool) -> list[list[int]]:
+    """Sequence indices grouped by identical prompt (first appearance order), or one per group."""
+    if not share_prompts:
+        return [[index] for index in range(len(sequences))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, sequence in enumerate(sequences):
+        groups.setdefault(sequence.prompt_ids, []).append(index)
+    return list(groups.values())
+
+
+def _collate_packed(sequences: list[TokenSequence], share_prompts: bool) -> SequenceBatch:
+    ids: list[int] = []
+    positions_in_sequence: list[torch.Tensor] = []
+    target_positions: list[torch.Tensor | None] = [None] * len(sequences)
+    segments: list[Segment] = []
+    for group in _group_by_prompt(sequences, share_prompts):
+        prompt = sequences[group[0]].prompt_ids
+        start = len(ids)
+        ids.extend(prompt)
+        trunk_end = len(ids)
+        positions_in_sequence.append(torch.arange(len(prompt)))
+        branch_ends = []
+        for index in group:
+            response = sequences[index].response_ids
+            branch_start = len(ids)
+            ids.extend(response)
+            branch_ends.append(len(ids))
+            positions_in_sequence.append(torch.arange(len(prompt), len(prompt) + len(response)))
+            # the trunk's last token predicts the first response token, then the branch predicts itself
+            target_positions[index] = torch.cat(
+                [torch.tensor([trunk_end - 1]), torch.arange(branch_start, branch_start + len(response) - 1)]
+            )
+        segments.append(Segment(start, trunk_end, tuple(branch_ends)))
+    boundaries = torch.tensor([segment.start for segment in segments] + [len(ids)], dtype=torch.int32)
+    targets = torch.cat([torch.tensor(sequence.response_ids, dtype=torch.long) for sequence in sequences])
+    owners = torch.cat([torch.full((len(s.response_ids),), i, dtype=torch.long) for i, s in enumerate(sequences)])
+    shared = any(len(segment.branch_ends) > 1 for segment in segments)
+    return SequenceBatch(
+        torch.tensor([ids], dtype=torch.long), None, torch.cat(positions_in_sequence).unsqueeze(0), boundaries,
+        torch.cat(target_positions), targets, owners, len(sequences), sum(len(s) for s in sequences), 0,
+        tuple(segments) if shared else None,
+    )
+
+
+def collate_sequences(
+    sequences: list[TokenSequence], pad_id: int, *, packed: bool = False, share_prompts: bool = False
+) -> SequenceBatch:
+    """One model batch for ``sequences``; ``target_sequence`` indexes them in the order given.
+
+    ``share_prompts`` (packed only) lays out sequences with the same prompt as one prompt and
+    several responses: a DPO pair then runs its prompt once instead of twice.
+    """
     if any(not sequence.prompt_ids for sequence in sequences):
         raise ValueError("every sequence needs at least one prompt token (the position that predicts the first response token)")
-    total = sum(len(sequence) for sequence in sequences)
     if packed:
-        ids = [token for sequence in sequences for token in sequence.prompt_ids + sequence.response_ids]
-        lengths = torch.tensor([len(sequence) for sequence in sequences])
-        boundaries = torch.zeros(len(sequences) + 1, dtype=torch.int32)
-        boundaries[1:] = lengths.cumsum(0)
-        position_ids = torch.cat([torch.arange(length) for length in lengths.tolist()]).unsqueeze(0)
-        starts = boundaries[:-1].tolist()
-        positions, targets, owners = _targets(sequences, starts)
-        return SequenceBatch(
-            torch.tensor([ids], dtype=torch.long), None, position_ids, boundaries,
-            positions, targets, owners, len(sequences), total, 0,
-        )
+        return _collate_packed(sequences, share_prompts)
+    total = sum(len(sequence) for sequence in sequences)
     width = max(len(sequence) for sequence in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -171,7 +238,7 @@ def collate_sequences(sequences: list[TokenSequence], pad_id: int, *, packed: bo
         ids = sequence.prompt_ids + sequence.response_ids
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
-    positions, targets, owners = _targets(sequences, [row * width for row in range(len(sequences))])
+    positions, targets, owners = _padded_targets(sequences, width)
     return SequenceBatch(
         input_ids, attention_mask, None, None, positions, targets, owners, len(sequences), total, input_ids.numel() - total
     )

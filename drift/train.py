@@ -24,7 +24,9 @@ from drift.config import Config
 from drift.loss import dpo_loss
 from drift.metrics import MetricsLog
 from drift.model import load_model
-from drift.parallel import Runtime, SequenceLogprobModel, all_reduce_sum, barrier, sequence_logps, set_gradient_sync, shard
+from drift.parallel import (
+    Runtime, SequenceLogprobModel, all_reduce_sum, barrier, gather_objects, sequence_logps, set_gradient_sync, shard,
+)
 from drift.reference import ReferenceCache, compute_sequence_logps, known_fingerprint, remember_fingerprint, weights_fingerprint
 from drift.tokenize import TokenizedPair, collate_sequences
 
@@ -120,7 +122,9 @@ class Stage:
 
 def _build_policy(config: Config, runtime: Runtime, source: str | None, vocab_size: int) -> SequenceLogprobModel:
     causal_lm = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, source=source, vocab_size=vocab_size)
-    return SequenceLogprobModel(causal_lm, config.trainer.logprob_impl, packed=config.trainer.packing)
+    return SequenceLogprobModel(
+        causal_lm, config.trainer.logprob_impl, packed=config.trainer.packing, share_prompts=config.trainer.share_prompts
+    )
 
 
 def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, state: TrainerState, tokenizer) -> ReferenceCache:
@@ -237,6 +241,7 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
         num_chosen_tokens = sum(len(pairs[i].chosen.response_ids) for i in step_pairs)
         started = time.perf_counter()
         sums = torch.zeros(10, dtype=torch.float64)
+        pair_rows = []  # per-pair terms of this rank's pairs, for pair_metrics.jsonl
         micro_batches = plan_forwards(step_pairs, pair_tokens, runtime.world_size, t.grad_accum_steps, t.max_tokens_per_forward)[runtime.rank]
         try:
             for micro_index, indices in enumerate(micro_batches):
@@ -245,7 +250,9 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
                 indices = indices or [step_pairs[0]]
                 chosen = [pairs[i].chosen for i in indices]
                 rejected = [pairs[i].rejected for i in indices]
-                batch = collate_sequences(chosen + rejected, tokenizer.pad_token_id, packed=policy.packed).to(runtime.device)
+                batch = collate_sequences(
+                    chosen + rejected, tokenizer.pad_token_id, packed=policy.packed, share_prompts=policy.share_prompts
+                ).to(runtime.device)
                 set_gradient_sync(policy, micro_index == len(micro_batches) - 1)
                 totals, token_logps = sequence_logps(policy, batch)
                 k = len(indices)
@@ -259,6 +266,13 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
                     terms.losses.sum() / num_pairs - m.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
                 )
                 loss.backward()
+                if weight:
+                    pair_rows.extend(
+                        {"pair_id": pairs[i].pair_id, "logit": s, "chosen_reward": c, "rejected_reward": r}
+                        for i, s, c, r in zip(
+                            indices, terms.logits.tolist(), terms.chosen_rewards.tolist(), terms.rejected_rewards.tolist()
+                        )
+                    )
                 sums += weight * torch.tensor(
                     [
                         terms.losses.detach().sum().item(),
@@ -318,6 +332,7 @@ def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_c
             "peak_memory_gb": peak_memory_bytes(runtime.device) / 1e9,
         }
         metrics.log(record)
+        metrics.log_pairs(state.global_step, epoch, gather_objects(pair_rows, runtime))
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", margin=f"{record['margin']:.4f}", acc=f"{record['accuracy']:.2f}")

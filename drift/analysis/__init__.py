@@ -1,0 +1,1 @@
+"""Analyses of runs: one module per `python launch/analyze.py <command>`, each with main(overrides)."""
