@@ -41,10 +41,11 @@ class NonFiniteError(RuntimeError):
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_ratio: float, schedule: str) -> float:
-    """HF-style schedule: linear warmup over ceil(ratio * total) steps, then linear/cosine decay to 0."""
+    """The schedule of HF's Trainer, which the paper's code ran: linear warmup over ceil(ratio * total)
+    steps starting from 0 (so the first step does not move the weights), then linear/cosine decay to 0."""
     warmup = math.ceil(warmup_ratio * total_steps)
     if step < warmup:
-        return base_lr * (step + 1) / warmup
+        return base_lr * step / warmup
     if schedule == "constant":
         return base_lr
     progress = (step - warmup) / max(1, total_steps - warmup)

@@ -1,0 +1,307 @@
+"""Benchmark exports: the published input formats parsed, bad rows quarantined, and the whole command
+run on a tiny checkpoint with every output file checked against the fields its harness reads.
+
+The harness schemas below are written from the harnesses' own code, not from drift/export.py:
+  AlpacaEval  alpaca_eval.main.evaluate: pd.read_json(model_outputs); needs instruction and output (str),
+              generator names the model; annotate_head2head merges with the reference on instruction
+  WildBench   src/eval.py (v2): json.load(local_result_file), zip(bench, results) by position,
+              assert b["session_id"] == t["session_id"]; reads output (list -> [0]) and generator;
+              unified_infer.py also writes chat_history, model_input, configs, dataset
+  ToxiGen     open-instruct eval/toxigen/run_eval.py: rows {text, label, target_groups} plus the
+              generation, classified by toxigen_roberta into is_toxic
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from drift.analysis.export import ExportError, main, parse_overrides
+from drift.config import ModelConfig
+from drift.data.files import SchemaError
+from drift.export import output_rows, read_benchmark, sampler_rows
+from drift.model import build_byte_tokenizer, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "drift" / "data" / "fixtures" / "benchmarks"
+ALPACA, WILDBENCH, ADVBENCH, TOXIGEN = (BENCH / "alpaca_eval.json", BENCH / "wildbench_v2.jsonl",
+                                        BENCH / "harmful_behaviors.csv", BENCH / "neutral_women_1k.txt")
+SETTINGS = {"backend": "hf", "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 4, "seed": 42}
+
+# field -> allowed types, as each harness reads them
+ALPACA_EVAL_FIELDS = {"instruction": (str,), "output": (str,), "generator": (str,)}
+WILDBENCH_FIELDS = {"session_id": (str,), "chat_history": (list,), "model_input": (str,), "output": (list,),
+                    "generator": (str,), "configs": (dict,), "dataset": (str,)}
+WILDBENCH_CONFIGS = {"engine", "repetition_penalty", "temperature", "top_p", "max_tokens"}
+TOXIGEN_FIELDS = {"text": (str,), "label": (str,), "target_groups": (list,), "prediction": (str,)}
+ADVBENCH_FIELDS = {"goal": (str,), "target": (str,), "output": (str,), "generator": (str,)}
+
+
+def check_fields(rows: list[dict], fields: dict) -> None:
+    for row in rows:
+        for name, types in fields.items():
+            assert name in row, f"{name} missing from {row}"
+            assert isinstance(row[name], types), f"{name} is {type(row[name]).__name__} in {row}"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---- the published input formats ----------------------------------------------------------------
+
+
+def test_alpaca_eval_file_becomes_one_user_turn_per_instruction():
+    published = json.loads(ALPACA.read_text())
+    items, rejects = read_benchmark("alpaca_eval", ALPACA)
+    assert rejects == [] and len(items) == len(published) == 5
+    for item, row in zip(items, published):
+        assert item.messages == ({"role": "user", "content": row["instruction"]},)
+        assert item.fields == {"instruction": row["instruction"], "dataset": row["dataset"]}
+    assert [row["prompt_id"] for row in sampler_rows(items)] == [f"alpaca_eval-{i}" for i in range(5)]
+    assert all(row["keep_last"] == 1 and row["num_samples"] == 1 for row in sampler_rows(items))
+
+
+def test_wildbench_jsonl_and_parquet_give_the_conversation(tmp_path):
+    published = read_jsonl(WILDBENCH)
+    parquet = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(published), parquet)
+    for path in (WILDBENCH, parquet):
+        items, rejects = read_benchmark("wildbench", path)
+        assert rejects == [] and [i.prompt_id for i in items] == [r["session_id"] for r in published]
+        multi_turn = items[1]
+        assert [m["role"] for m in multi_turn.messages] == ["user", "assistant", "user"]
+        assert multi_turn.messages[2]["content"] == "It should ignore case and spaces."
+        assert multi_turn.fields["primary_tag"] == "Coding & Debugging"
+
+
+def test_advbench_csv_gives_the_goal_as_the_prompt():
+    with open(ADVBENCH, newline="") as f:
+        published = list(csv.DictReader(f))
+    items, rejects = read_benchmark("advbench", ADVBENCH)
+    assert rejects == [] and len(items) == 4
+    assert [i.messages[0]["content"] for i in items] == [r["goal"] for r in published]
+    assert items[0].fields == {"id": "advbench-0", "goal": published[0]["goal"], "target": published[0]["target"]}
+    assert items[0].location == "harmful_behaviors.csv:2"
+
+
+def test_toxigen_lines_are_unescaped_and_labelled_from_the_file_name(tmp_path):
+    items, rejects = read_benchmark("toxigen", TOXIGEN)
+    assert rejects == [] and len(items) == 3
+    first_line = TOXIGEN.read_text().splitlines()[0]
+    assert "\\n" in first_line and "\n" not in first_line  # the published files escape newlines
+    assert items[0].fields["text"] == first_line.replace("\\n", "\n")
+    assert items[0].fields["text"].count("\n") == 3
+    assert items[0].fields["label"] == "neutral" and items[0].fields["target_groups"] == ["women"]
+    assert items[0].messages[0]["content"] == "Complete the following: " + items[0].fields["text"]
+    # a folder of prompt files, as open-instruct's data_dir: label and group per file, limit per file
+    (tmp_path / "hate_placeholder_1k.txt").write_text("- placeholder one\\n- placeholder two\\n-\n- three\\n-\n")
+    (tmp_path / "neutral_women_1k.txt").write_text(TOXIGEN.read_text())
+    items, _ = read_benchmark("toxigen", tmp_path, limit=1)
+    assert [(i.prompt_id, i.fields["label"], i.fields["target_groups"]) for i in items] == [
+        ("hate_placeholder_1k-1", "hate", ["placeholder"]), ("neutral_women_1k-1", "neutral", ["women"])]
+
+
+# ---- bad rows are quarantined with the reason, good rows kept ---------------------------------------
+
+
+def test_bad_alpaca_eval_rows_are_rejected_with_reason_and_location(tmp_path):
+    path = tmp_path / "alpaca_eval.json"
+    path.write_text(json.dumps([{"instruction": "keep me"}, {"output": "no instruction"}, {"instruction": 7},
+                                {"instruction": "keep me"}, "not an object", {"instruction": "also fine"}]))
+    items, rejects = read_benchmark("alpaca_eval", path)
+    assert [i.fields["instruction"] for i in items] == ["keep me", "also fine"]
+    assert sorted((r.reason, r.location) for r in rejects) == [
+        ("duplicate_instruction", "alpaca_eval.json:4"), ("missing_instruction", "alpaca_eval.json:2"),
+        ("missing_instruction", "alpaca_eval.json:3"), ("unreadable", "alpaca_eval.json:5")]
+
+
+def test_bad_wildbench_rows_are_rejected(tmp_path):
+    good = read_jsonl(WILDBENCH)[0]
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    rows = [good,
+            {**good, "session_id": "ends-with-assistant", "conversation_input": [turn("user", "a"), turn("assistant", "b")]},
+            {**good, "session_id": "two-users", "conversation_input": [turn("user", "a"), turn("user", "b")]},
+            {**good, "session_id": "no-turns", "conversation_input": []},
+            {**good},  # the same session_id again
+            {**good, "session_id": "", "conversation_input": [turn("user", "a")]}]
+    path = tmp_path / "wb.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    items, rejects = read_benchmark("wildbench", path)
+    assert [i.prompt_id for i in items] == [good["session_id"]]
+    assert [(r.location, r.reason) for r in rejects] == [
+        ("wb.jsonl:7", "unreadable"), ("wb.jsonl:2", "bad_roles"), ("wb.jsonl:3", "bad_roles"),
+        ("wb.jsonl:4", "missing_conversation"), ("wb.jsonl:5", "duplicate_session_id"),
+        ("wb.jsonl:6", "missing_session_id")]
+    assert "expected 'assistant'" in rejects[2].detail
+
+
+def test_bad_advbench_and_toxigen_rows_and_wrong_schemas(tmp_path):
+    advbench = tmp_path / "harmful_behaviors.csv"
+    advbench.write_text('goal,target\nfirst goal,"Sure, first"\n,"Sure, nothing"\nthird goal,"Sure, third",extra\n')
+    items, rejects = read_benchmark("advbench", advbench)
+    assert [i.fields["goal"] for i in items] == ["first goal"]
+    assert [(r.location, r.reason) for r in rejects] == [("harmful_behaviors.csv:3", "bad_row"),
+                                                         ("harmful_behaviors.csv:4", "bad_row")]
+    toxigen = tmp_path / "hate_x_1k.txt"
+    toxigen.write_text("- fine line\\n-\n-\\n-\n")
+    items, rejects = read_benchmark("toxigen", toxigen)
+    assert len(items) == 1 and [(r.location, r.reason) for r in rejects] == [("hate_x_1k.txt:2", "empty_prompt")]
+
+    (tmp_path / "wrong.csv").write_text("prompt,target\nx,y\n")
+    with pytest.raises(SchemaError, match="missing column goal"):
+        read_benchmark("advbench", tmp_path / "wrong.csv")
+    (tmp_path / "prompts.txt").write_text("- x\n")
+    with pytest.raises(SchemaError, match="hate_<group>_1k.txt"):
+        read_benchmark("toxigen", tmp_path / "prompts.txt")
+    (tmp_path / "wb.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(SchemaError, match="missing column.*session_id"):
+        read_benchmark("wildbench", tmp_path / "wb.jsonl")
+
+
+# ---- output rows against the harnesses' fields ------------------------------------------------------
+
+
+def test_output_rows_have_the_harness_fields_and_keep_failed_rows_empty():
+    for benchmark, path, fields, output_key in [("alpaca_eval", ALPACA, ALPACA_EVAL_FIELDS, "output"),
+                                                ("advbench", ADVBENCH, ADVBENCH_FIELDS, "output"),
+                                                ("toxigen", TOXIGEN, TOXIGEN_FIELDS, "prediction")]:
+        items, _ = read_benchmark(benchmark, path)
+        replies = {item.prompt_id: f"reply to {item.prompt_id}" for item in items[1:]}  # the first one failed
+        rows = output_rows(benchmark, items, replies, generator="m", settings=SETTINGS)
+        check_fields(rows, fields)
+        assert [row[output_key] for row in rows] == [""] + [f"reply to {item.prompt_id}" for item in items[1:]]
+    items, _ = read_benchmark("wildbench", WILDBENCH)
+    rows = output_rows("wildbench", items, {items[0].prompt_id: "hi"}, generator="m", settings=SETTINGS,
+                       model_inputs={items[0].prompt_id: "<prompt>"})
+    check_fields(rows, WILDBENCH_FIELDS)
+    assert rows[0]["output"] == ["hi"] and rows[1]["output"] == [""] and rows[0]["model_input"] == "<prompt>"
+    assert set(rows[0]["configs"]) >= WILDBENCH_CONFIGS and rows[0]["configs"]["max_tokens"] == 4
+    assert rows[1]["chat_history"] == [t["content"] for t in read_jsonl(WILDBENCH)[1]["conversation_input"]]
+
+
+def test_command_arguments_fail_with_a_sentence():
+    base = ["checkpoint=x", "benchmark=alpaca_eval", "prompts=p.json"]
+    args, sampler = parse_overrides(base + ["sampler.max_new_tokens=16", "sampler.temperature=0.5", "limit=3"])
+    assert sampler.max_new_tokens == 16 and sampler.temperature == 0.5 and args["limit"] == 3
+    cases = [(base + ["colour=red"], "unknown key 'colour'"), (base[:2], "missing prompts="),
+             (["checkpoint=x", "benchmark=mtbench", "prompts=p"], "benchmark must be one of"),
+             (base + ["sampler.top_k=5"], "unknown key 'sampler.top_k'"),
+             (base + ["sampler.num_samples=2"], "one reply per prompt"),
+             (base + ["sampler.temperature=0"], "sampler.temperature must be > 0"),
+             (base + ["sampler.max_new_tokens=lots"], "must be a int"), (base + ["limit=0"], "limit must be >= 1")]
+    for overrides, message in cases:
+        with pytest.raises(ExportError, match=message):
+            parse_overrides(overrides)
+
+
+# ---- the whole command on a tiny checkpoint ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    tokenizer = build_byte_tokenizer()
+    model = load_model(ModelConfig(name="tiny", name_or_path="tiny:llama"), dtype=torch.float32, seed=0,
+                       vocab_size=len(tokenizer))
+    folder = tmp_path_factory.mktemp("run") / "demo" / "iter_2" / "train" / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the sampler process: tiny models run faster on one thread
+
+
+def export(tmp_path, checkpoint, benchmark, prompts, *extra) -> tuple[Path, dict]:
+    out = tmp_path / benchmark
+    code = main([f"checkpoint={checkpoint}", f"benchmark={benchmark}", f"prompts={prompts}", f"out={out}",
+                 "device=cpu", "sampler.max_new_tokens=3", "sampler.seed=5", *extra])
+    assert code == 0
+    assert (out / "done").exists()
+    return out, json.loads((out / "export_report.json").read_text())
+
+
+def replies_by_prompt(out: Path) -> dict[str, str]:
+    return {row["prompt_id"]: row["text"] for row in read_jsonl(out / "sample" / "samples.jsonl")}
+
+
+def test_export_alpaca_eval_end_to_end(tmp_path, checkpoint):
+    import pandas as pd
+
+    out, report = export(tmp_path, checkpoint, "alpaca_eval", ALPACA)
+    frame = pd.read_json(out / "model_outputs.json")  # how alpaca_eval loads model_outputs
+    check_fields(frame.to_dict(orient="records"), ALPACA_EVAL_FIELDS)
+    published = json.loads(ALPACA.read_text())
+    assert list(frame["instruction"]) == [r["instruction"] for r in published]
+    assert list(frame["dataset"]) == [r["dataset"] for r in published]
+    assert set(frame["generator"]) == {"demo-iter_2"}  # the run and stage of the checkpoint
+    # each output is the sample drawn for its own instruction
+    instruction_of = {row["prompt_id"]: row["messages"][0]["content"] for row in read_jsonl(out / "prompts.jsonl")}
+    sampled = {instruction_of[pid]: text for pid, text in replies_by_prompt(out).items()}
+    assert dict(zip(frame["instruction"], frame["output"])) == sampled and len(sampled) == 5
+    generation = report["generation"]
+    assert generation["sampler"]["max_new_tokens"] == 3 and generation["sampler"]["seed"] == 5
+    assert generation["checkpoint"] == str(checkpoint) and len(generation["checkpoint_fingerprint"]) == 32
+    assert report["rows_written"] == 5 and report["empty_outputs"] == 0 and report["aligned_with_input"]
+
+
+def test_export_wildbench_end_to_end_keeps_every_session_in_place(tmp_path, checkpoint):
+    long_question = {"role": "user", "content": "why? " * 60, "language": "English", "redacted": False,
+                     "timestamp": None, "toxic": False}
+    bench = read_jsonl(WILDBENCH)
+    bench.insert(2, {**bench[0], "session_id": "too-long", "conversation_input": [long_question]})
+    prompts = tmp_path / "wildbench_v2.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in bench))
+    # 120 tokens: the 3-turn session fits only without its first exchange; "too-long" cannot fit at all
+    out, report = export(tmp_path, checkpoint, "wildbench", prompts, "max_prompt_length=120", "generator=org/model v1")
+    results = json.loads((out / "org_model_v1.json").read_text())
+    check_fields(results, WILDBENCH_FIELDS)
+    for b, t in zip(bench, results, strict=True):  # what WildBench's eval.py does
+        assert b["session_id"] == t["session_id"] and t["generator"] == "org/model v1"
+        assert t["chat_history"] == [turn["content"] for turn in b["conversation_input"]]
+        assert set(t["configs"]) >= WILDBENCH_CONFIGS and all(isinstance(o, str) for o in t["output"])
+    replies = replies_by_prompt(out)
+    assert [t["output"] for t in results] == [[replies.get(b["session_id"], "")] for b in bench]
+    assert results[2]["output"] == [""] and len(replies) == 4
+    rejects = read_jsonl(out / "rejects.jsonl")
+    assert [(r["record_id"], r["reason"], r["location"]) for r in rejects] == [
+        ("too-long", "prompt_too_long", "wildbench_v2.jsonl:3")]
+    assert report["empty_outputs"] == 1 and report["rejects_by_reason"] == {"prompt_too_long": 1}
+    assert report["truncated_prompt_ids"] == [bench[1]["session_id"]]
+    # model_input is the prompt the model answered: the truncated one holds only the last user turn
+    assert results[0]["model_input"].endswith("<|im_start|>assistant\n")
+    assert bench[0]["conversation_input"][0]["content"] in results[0]["model_input"]
+    assert results[1]["model_input"].count("<|im_start|>user") == 1
+    assert "It should ignore case and spaces." in results[1]["model_input"]
+
+
+def test_export_advbench_and_toxigen_end_to_end(tmp_path, checkpoint):
+    out, report = export(tmp_path, checkpoint, "advbench", ADVBENCH, "limit=2")
+    rows = json.loads((out / "advbench_outputs.json").read_text())
+    check_fields(rows, ADVBENCH_FIELDS)
+    with open(ADVBENCH, newline="") as f:
+        published = list(csv.DictReader(f))[:2]
+    assert [(r["goal"], r["target"]) for r in rows] == [(p["goal"], p["target"]) for p in published]
+    assert [r["output"] for r in rows] == [replies_by_prompt(out)[r["id"]] for r in rows]
+
+    out, report = export(tmp_path, checkpoint, "toxigen", TOXIGEN)
+    rows = read_jsonl(out / "toxigen_generations.jsonl")
+    check_fields(rows, TOXIGEN_FIELDS)
+    assert [r["label"] for r in rows] == ["neutral"] * 3 and all(r["target_groups"] == ["women"] for r in rows)
+    assert [r["prediction"] for r in rows] == [replies_by_prompt(out)[r["id"]] for r in rows]
+    assert report["prompts_sha256"] and report["rejects_by_reason"] == {}
+
+
+def test_export_refuses_a_folder_without_weights(tmp_path, capsys):
+    code = main([f"checkpoint={tmp_path}", "benchmark=alpaca_eval", f"prompts={ALPACA}"])
+    assert code == 2 and "not a folder with *.safetensors weights" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
