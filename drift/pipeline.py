@@ -176,6 +176,8 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         folder = run_dir / "iter_0"
         if runtime.is_main:
             write_jsonl_atomic(folder / "data" / "rejects.jsonl", [asdict(r) for r in records.rejects])
+            # the warm start's pairs as trained, like iter_k/pairs/pairs.jsonl (analyses read them)
+            write_jsonl_atomic(folder / "data" / "pairs.jsonl", [asdict(pair) for pair in records.seed_pairs])
         pairs, data_stats = _tokenize(config, tokenizer, records.seed_pairs, folder / "data", runtime)
         stage = Stage("warmstart", folder / "train", pairs, initial, initial, config.method.warmstart_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))

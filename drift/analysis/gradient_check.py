@@ -138,14 +138,15 @@ def reference_source(config, run_dir: Path, iteration: int) -> str:
 
 
 def iteration_pairs(config, run_dir: Path, iteration: int):
-    """The PreferencePairs iteration k trained on (the warm start's seed pairs are rebuilt from the data)."""
+    """The PreferencePairs iteration k trained on (runs older than iter_0/data/pairs.jsonl: the warm
+    start's seed pairs are rebuilt from the data)."""
     from drift.data.records import PreferencePair
 
-    if iteration == 0:
+    path = run_dir / "iter_0" / "data" / "pairs.jsonl" if iteration == 0 else run_dir / f"iter_{iteration}" / "pairs" / "pairs.jsonl"
+    if iteration == 0 and not path.exists():
         from drift.data import load_records
 
         return list(load_records(config.data).seed_pairs)
-    path = run_dir / f"iter_{iteration}" / "pairs" / "pairs.jsonl"
     if not path.exists():
         raise AnalysisInputError(f"gradient_check: {path} not found; iteration {iteration} has not built its pairs")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
