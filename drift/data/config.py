@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-SOURCE_NAMES = ("fixture", "wildfeedback", "ultrafeedback", "drift_jsonl")
+SOURCE_NAMES = ("fixture", "wildfeedback", "ultrafeedback", "drift_jsonl", "testbed")
 PROMPT_FORMATS = ("chat_template", "raw_text")
 # microsoft/WildFeedback configs we read; `user_preference` exists on the hub but its columns are
 # not documented anywhere we could check, so we refuse it instead of guessing.
@@ -31,9 +31,9 @@ CONVERSATION_KEY_CANDIDATES = (
 
 @dataclass
 class DataConfig:
-    # source kind: fixture | wildfeedback | ultrafeedback | drift_jsonl
+    # source kind: fixture | wildfeedback | ultrafeedback | drift_jsonl | testbed
     name: str = "fixture"
-    # local .jsonl / .json / .parquet file; wins over hub_name. fixture: None = the shipped file
+    # local .jsonl / .json / .parquet file; wins over hub_name. fixture, testbed: None = the shipped file
     path: str | None = None
     # chat_template (the model's) or raw_text (the paper code's "User: ...\nAssistant: ..." text)
     prompt_format: str = "chat_template"

@@ -2,9 +2,10 @@
 
 What each source yields, and why:
 
-- ``fixture`` / ``wildfeedback`` with hub_config=sat_dsat_annotation: labelled conversations, read by
-  drift/data/annotation.py into DSAT cases, SAT replies and DSAT->SAT seed pairs. This is the
-  paper's real-dissatisfaction setting. The fixture is our own hand-written file in that schema.
+- ``fixture`` / ``testbed`` / ``wildfeedback`` with hub_config=sat_dsat_annotation: labelled conversations,
+  read by drift/data/annotation.py into DSAT cases, SAT replies and DSAT->SAT seed pairs. This is the
+  paper's real-dissatisfaction setting. The fixture is our own hand-written file in that schema; the
+  testbed is too, with checkable preferences and a rule-based gold reward (drift/testbed.py).
 - ``wildfeedback`` with hub_config=wildfeedback: each row is the WildFeedback authors' DPO pair:
   ``conversations`` (the history, ending with the user turn the reply answered), ``rejected`` (the
   reply the user was dissatisfied with) and ``chosen`` (a preferred reply the authors generated from
@@ -39,6 +40,8 @@ from drift.data.records import DsatCase, PreferencePair, Records, Rejected
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_ANNOTATION = FIXTURE_DIR / "sat_dsat_annotation.jsonl"
+# the verifiable testbed: the same schema, plus each conversation's preference spec (drift/testbed.py)
+TESTBED_ANNOTATION = FIXTURE_DIR / "testbed.jsonl"
 CHAT_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -60,9 +63,9 @@ def load_records(data_cfg: DataConfig, tokenizer=None) -> Records:
     (see drift.data.prompts.fit_prompts).
     """
     data_cfg.validate()
-    if data_cfg.name == "fixture":
-        path = data_cfg.path or str(FIXTURE_ANNOTATION)
-        records = load_annotation(read_rows(path), data_cfg, "fixture")
+    if data_cfg.name in ("fixture", "testbed"):
+        shipped = FIXTURE_ANNOTATION if data_cfg.name == "fixture" else TESTBED_ANNOTATION
+        records = load_annotation(read_rows(data_cfg.path or str(shipped)), data_cfg, data_cfg.name)
     elif data_cfg.name == "wildfeedback":
         source = _read(data_cfg)
         if data_cfg.hub_config == "sat_dsat_annotation":
