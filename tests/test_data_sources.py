@@ -253,7 +253,7 @@ def test_hub_dataset_is_read_like_a_file(monkeypatch):
 # ------------------------------------------------------------------ config
 
 @pytest.mark.parametrize("fields, message", [
-    ({"name": "wildchat"}, "data.name must be one of fixture, wildfeedback, ultrafeedback, drift_jsonl, got 'wildchat'"),
+    ({"name": "wildchat"}, "data.name must be one of fixture, wildfeedback, ultrafeedback, drift_jsonl, testbed, got 'wildchat'"),
     ({"prompt_format": "plain"}, "data.prompt_format must be one of chat_template, raw_text"),
     ({"max_prompt_length": 0}, "data.max_prompt_length must be a positive integer or null, got 0"),
     ({"both_labels": "both"}, "data.both_labels must be one of " + ", ".join(BOTH_LABELS_POLICIES)),
@@ -274,7 +274,7 @@ def test_yaml_keys_match_the_dataclass():
     from dataclasses import fields
 
     names = {f.name for f in fields(DataConfig)}
-    for kind in ("fixture", "wildfeedback", "ultrafeedback", "drift_jsonl"):
+    for kind in ("fixture", "wildfeedback", "ultrafeedback", "drift_jsonl", "testbed"):
         cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{kind}.yaml"))
         assert set(cfg) == names, kind
         assert cfg["name"] == kind
