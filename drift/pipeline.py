@@ -8,7 +8,6 @@ command again continues at the first unfinished stage.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import torch
 
 from drift.config import Config
 from drift.data.files import write_jsonl_atomic
-from drift.data.records import PreferencePair, Records, Rejected
+from drift.data.records import PreferencePair, Records
 from drift.methods import build_pairs, sample_requests, uses_feedback_records
 from drift.metrics import read_metrics
 from drift.model import TINY_PREFIX, load_model, load_tokenizer, resolve_source, save_hf_checkpoint
@@ -43,6 +42,34 @@ def hydra_override(key: str, value) -> str:
         escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
         return f"{key}='{escaped}'"
     return f"{key}={value}"
+
+
+def sampler_config_overrides(sampler) -> list[str]:
+    """Every field of a SamplerConfig as sampler.<field>=... (the backend travels as sampler=<backend>)."""
+    return [hydra_override(f"sampler.{f.name}", getattr(sampler, f.name)) for f in fields(sampler) if f.name != "backend"]
+
+
+def run_sampler_process(
+    checkpoint: str, prompts: Path, out_dir: Path, *, max_prompt_length: int, prompt_format: str,
+    trust_remote_code: bool, device: str, backend: str, sampler_overrides: list[str],
+) -> None:
+    """launch/sample.py as its own OS process (it holds the accelerator alone); raises if it fails.
+
+    ``sampler_overrides`` are ready Hydra words (``sampler.<key>=<value>``).
+    """
+    command = [
+        sys.executable, str(SAMPLER_SCRIPT),
+        hydra_override("checkpoint", checkpoint), hydra_override("prompts", prompts), hydra_override("out_dir", out_dir),
+        hydra_override("max_prompt_length", max_prompt_length), hydra_override("prompt_format", prompt_format),
+        hydra_override("trust_remote_code", trust_remote_code), hydra_override("device", device),
+        f"sampler={backend}", *sampler_overrides,
+    ]
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"the sampler process failed on {checkpoint} (exit {result.returncode}); its message is above; "
+            f"command: {' '.join(command)}"
+        )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -92,21 +119,12 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
     requests = sample_requests(config.method.name, records)
     if runtime.is_main and not (folder / DONE).exists():
         write_jsonl_atomic(folder / "prompts.jsonl", [request.as_row() for request in requests])
-        sampler = config.sampler
-        overrides = [f"sampler={sampler.backend}"] + [
-            hydra_override(f"sampler.{f.name}", getattr(sampler, f.name)) for f in fields(sampler) if f.name != "backend"
-        ]
-        command = [
-            sys.executable, str(SAMPLER_SCRIPT),
-            hydra_override("checkpoint", checkpoint), hydra_override("prompts", folder / "prompts.jsonl"),
-            hydra_override("out_dir", folder), hydra_override("max_prompt_length", config.trainer.max_prompt_length),
-            hydra_override("prompt_format", config.data.prompt_format),
-            hydra_override("trust_remote_code", config.model.trust_remote_code), hydra_override("device", config.trainer.device),
-            *overrides,
-        ]
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            raise RuntimeError(f"the sampler process failed (exit {result.returncode}); command: {' '.join(command)}")
+        run_sampler_process(
+            checkpoint, folder / "prompts.jsonl", folder, max_prompt_length=config.trainer.max_prompt_length,
+            prompt_format=config.data.prompt_format, trust_remote_code=config.model.trust_remote_code,
+            device=config.trainer.device, backend=config.sampler.backend,
+            sampler_overrides=sampler_config_overrides(config.sampler),
+        )
         report_path = folder / "sampling_report.json"
         mark_done(folder, json.loads(report_path.read_text()) if report_path.exists() else {})
     barrier(runtime)

@@ -42,7 +42,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +261,7 @@ def check_reward_model(reward) -> None:
 
 def sample_checkpoint(cfg: CoverageConfig, name: str, checkpoint: str, rows: list[dict], folder: Path) -> list[dict]:
     """m replies per prompt from the sampler process; reused when `done` matches this request."""
-    from drift.pipeline import SAMPLER_SCRIPT, hydra_override
+    from drift.pipeline import run_sampler_process
     from drift.sampling import checkpoint_fingerprint
 
     prompts_text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -277,20 +276,15 @@ def sample_checkpoint(cfg: CoverageConfig, name: str, checkpoint: str, rows: lis
     else:
         done.unlink(missing_ok=True)
         write_text_atomic(folder / "prompts.jsonl", prompts_text)
-        backend = cfg.sampler.get("backend", "hf")
-        command = [
-            sys.executable, str(SAMPLER_SCRIPT), hydra_override("checkpoint", checkpoint),
-            hydra_override("prompts", folder / "prompts.jsonl"), hydra_override("out_dir", folder),
-            f"max_prompt_length={cfg.max_prompt_length}", hydra_override("prompt_format", cfg.prompt_format),
-            f"trust_remote_code={str(cfg.trust_remote_code).lower()}", hydra_override("device", cfg.device),
-            f"sampler={backend}", f"sampler.num_samples={cfg.m}",
-            *(f"sampler.{key}={value}" for key, value in sorted(cfg.sampler.items()) if key != "backend"),
-        ]
         print(f"{COMMAND}: {name}: sampling {cfg.m} replies for each of {len(rows)} prompts from {checkpoint}", flush=True)
-        result = subprocess.run(command)
-        if result.returncode != 0:
-            raise RuntimeError(f"the sampler process failed for checkpoint {name} (exit {result.returncode}); "
-                               f"its message is above; command: {' '.join(command)}")
+        # the sampler keys pass through as the user wrote them (Hydra parses them)
+        run_sampler_process(
+            checkpoint, folder / "prompts.jsonl", folder, max_prompt_length=cfg.max_prompt_length,
+            prompt_format=cfg.prompt_format, trust_remote_code=cfg.trust_remote_code, device=cfg.device,
+            backend=cfg.sampler.get("backend", "hf"),
+            sampler_overrides=[f"sampler.num_samples={cfg.m}"]
+            + [f"sampler.{key}={value}" for key, value in sorted(cfg.sampler.items()) if key != "backend"],
+        )
         report = json.loads((folder / "sampling_report.json").read_text())
         write_text_atomic(done, json.dumps({"request": request, "report": report}) + "\n")
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -34,8 +33,6 @@ from drift.data.files import SchemaError, write_jsonl_atomic, write_text_atomic
 from drift.data.records import Rejected
 from drift.export import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
 
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLER_SCRIPT = ROOT / "launch" / "sample.py"
 USAGE = ("python launch/analyze.py export checkpoint=PATH benchmark=alpaca_eval|wildbench|advbench|toxigen "
          "prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format=chat_template|raw_text] "
          "[device=auto|cpu|cuda] [trust_remote_code=false] [sampler=hf|vllm] [sampler.KEY=VALUE ...]")
@@ -148,22 +145,14 @@ def render_prompts(items, tokenizer, *, max_prompt_length: int, prompt_format: s
     return texts, truncated
 
 
-def run_sampler_process(checkpoint: str, prompts_path: Path, out_dir: Path, sampler: SamplerConfig, args: dict) -> dict:
-    from drift.pipeline import hydra_override
+def sample(checkpoint: str, prompts_path: Path, out_dir: Path, sampler: SamplerConfig, args: dict) -> dict:
+    from drift.pipeline import run_sampler_process, sampler_config_overrides
 
-    command = [
-        sys.executable, str(SAMPLER_SCRIPT),
-        hydra_override("checkpoint", checkpoint), hydra_override("prompts", prompts_path),
-        hydra_override("out_dir", out_dir), hydra_override("max_prompt_length", args["max_prompt_length"]),
-        hydra_override("prompt_format", args["prompt_format"]), hydra_override("device", args["device"]),
-        hydra_override("trust_remote_code", args["trust_remote_code"] == "true"),
-        f"sampler={sampler.backend}",
-        *[hydra_override(f"sampler.{f.name}", getattr(sampler, f.name)) for f in dataclasses.fields(sampler)
-          if f.name != "backend"],
-    ]
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise RuntimeError(f"the sampler process failed (exit {result.returncode}); command: {' '.join(command)}")
+    run_sampler_process(
+        checkpoint, prompts_path, out_dir, max_prompt_length=args["max_prompt_length"],
+        prompt_format=args["prompt_format"], trust_remote_code=args["trust_remote_code"] == "true",
+        device=args["device"], backend=sampler.backend, sampler_overrides=sampler_config_overrides(sampler),
+    )
     return json.loads((out_dir / "sampling_report.json").read_text())
 
 
@@ -192,7 +181,7 @@ def run_export(args: dict, sampler: SamplerConfig) -> dict:
     model_inputs, truncated = render_prompts(items, tokenizer, max_prompt_length=args["max_prompt_length"],
                                              prompt_format=args["prompt_format"])
     write_jsonl_atomic(out_dir / "prompts.jsonl", sampler_rows(items))
-    sampling = run_sampler_process(checkpoint, out_dir / "prompts.jsonl", out_dir / "sample", sampler, args)
+    sampling = sample(checkpoint, out_dir / "prompts.jsonl", out_dir / "sample", sampler, args)
 
     location = {item.prompt_id: item.location for item in items}
     replies = {row["prompt_id"]: row["text"] for row in read_jsonl(out_dir / "sample" / "samples.jsonl")}

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -313,7 +312,7 @@ def evaluate(run_dir: Path, config: dict | None, records, specs, seeds, mode: st
 
 def sample_checkpoint(checkpoint: str, folder: Path, prompt_rows: list[dict], config: dict) -> list[dict]:
     """The sampler process on ``checkpoint``; reuses earlier samples of the same weights and prompts."""
-    from drift.pipeline import SAMPLER_SCRIPT, hydra_override
+    from drift.pipeline import hydra_override, run_sampler_process
     from drift.sampling import checkpoint_fingerprint
 
     samples_path, prompts_path = folder / "samples.jsonl", folder / "prompts.jsonl"
@@ -325,20 +324,13 @@ def sample_checkpoint(checkpoint: str, folder: Path, prompt_rows: list[dict], co
             return rows
     write_jsonl_atomic(prompts_path, prompt_rows)
     sampler = dict(config["sampler"])
-    command = [
-        sys.executable, str(SAMPLER_SCRIPT),
-        hydra_override("checkpoint", checkpoint), hydra_override("prompts", prompts_path), hydra_override("out_dir", folder),
-        hydra_override("max_prompt_length", config["trainer"]["max_prompt_length"]),
-        hydra_override("prompt_format", config["data"]["prompt_format"]),
-        hydra_override("trust_remote_code", config["model"].get("trust_remote_code", False)),
-        hydra_override("device", config["trainer"].get("device", "auto")),
-        f"sampler={sampler.pop('backend')}",
-        *[hydra_override(f"sampler.{key}", value) for key, value in sampler.items()],
-    ]
     print(f"{COMMAND}: sampling the evaluation prompts from {checkpoint}", file=sys.stderr, flush=True)
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise RuntimeError(f"the sampler process failed (exit {result.returncode}) on {checkpoint}; command: {' '.join(command)}")
+    run_sampler_process(
+        checkpoint, prompts_path, folder, max_prompt_length=config["trainer"]["max_prompt_length"],
+        prompt_format=config["data"]["prompt_format"], trust_remote_code=config["model"].get("trust_remote_code", False),
+        device=config["trainer"].get("device", "auto"), backend=sampler.pop("backend"),
+        sampler_overrides=[hydra_override(f"sampler.{key}", value) for key, value in sampler.items()],
+    )
     return read_jsonl(samples_path)
 
 
