@@ -47,6 +47,12 @@ class MethodConfig:
     # "iteration_start": reference = policy at the start of each iteration (the paper's code);
     # "initial": the initial model for the whole run
     reference: str = "iteration_start"
+    # the guidance check (drift.guidance) each DRIFT iteration: auto = the gold reward on
+    # data=testbed, off elsewhere; gold; reward (reward.model scores); off
+    guidance_check: str = "auto"
+    # cases the check samples the original prompt for (an even spread over the DSAT cases; 0 = all):
+    # the check costs one more sample per case it covers
+    guidance_check_cases: int = 64
 
 
 @dataclass
@@ -84,11 +90,25 @@ class SamplerConfig:
     top_p: float = 0.9
     max_new_tokens: int = 512
     num_samples: int = 1
-    batch_size: int = 8
+    # hf backend: rows decoding at once (continuous batching refills them as replies finish)
+    batch_size: int = 32
     seed: int = 42
     max_retries: int = 2
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
+    # weights and KV cache while sampling: auto = bfloat16 on GPU, float32 on CPU. The trainer
+    # still computes every log-prob in its own precision; only the draws are affected.
+    dtype: str = "auto"
+    # hf backend: auto = the static-cache continuous-batching engine where the architecture is
+    # supported (Llama, Qwen2/3, Mistral), else the plain loop over the HF forward; or force either
+    engine: str = "auto"
+    # vllm backend: per_request = a seed of its own for every draw (reproducible, batch-independent;
+    # forces vLLM's per-request-generator sampling path); per_batch = one engine seed, vLLM's fast path
+    vllm_seed_mode: str = "per_request"
+    # a reply cut at max_new_tokens is unfinished: drop (quarantined, reason "truncated"),
+    # resample (the next attempt's seed, up to max_retries, then quarantined), or keep (the paper
+    # code's behaviour; the trainer then gives it no end-of-turn token)
+    truncated: str = "drop"
 
 
 @dataclass
@@ -100,6 +120,17 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    # held-out prompts ({prompt_id, kind, messages, Preference} rows, drift.eval.heldout) sampled
+    # and scored by gold after training; null: no evaluation
+    heldout: str | None = None
+    # which checkpoints: all (base, warm start, every iteration) | last | none
+    stages: str = "all"
+    # long enough that few held-out replies are cut (the report says how many were)
+    max_new_tokens: int = 384
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: Any = None  # drift.data.config.DataConfig
@@ -107,6 +138,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     reward: Any = None  # drift.reward.RewardConfig (iterdpo on preference pairs)
     run_name: str = "run"
     output_dir: str = "runs"
@@ -114,6 +146,11 @@ class Config:
     resume: bool = True
 
 
+SAMPLER_DTYPES = ("auto", "float32", "bfloat16")
+SAMPLER_ENGINES = ("auto", "static", "loop")
+VLLM_SEED_MODES = ("per_request", "per_batch")
+TRUNCATED_POLICIES = ("drop", "resample", "keep")
+GUIDANCE_CHECKS = ("auto", "gold", "reward", "off")
 METHODS = ("warmstart", "drift", "drift_unguided", "spin", "iterdpo")
 LOGPROB_IMPLS = ("auto", "chunked", "triton", "flash_attn")
 
@@ -143,6 +180,7 @@ def config_from_dict(raw: dict) -> Config:
         "trainer": TrainerConfig,
         "sampler": SamplerConfig,
         "logging": LoggingConfig,
+        "eval": EvalConfig,
         "reward": RewardConfig,
     }
     built = {name: _build(cls, raw.pop(name, None) or {}, name) for name, cls in sections.items()}
@@ -170,6 +208,12 @@ def validate_sampler(s: SamplerConfig) -> None:
         0 < s.gpu_memory_utilization <= 1,
         f"sampler.gpu_memory_utilization must be in (0, 1], got {s.gpu_memory_utilization}",
     )
+    _require(s.dtype in SAMPLER_DTYPES, f"sampler.dtype must be one of {', '.join(SAMPLER_DTYPES)}, got {s.dtype!r}")
+    _require(s.engine in SAMPLER_ENGINES, f"sampler.engine must be one of {', '.join(SAMPLER_ENGINES)}, got {s.engine!r}")
+    _require(s.truncated in TRUNCATED_POLICIES,
+             f"sampler.truncated must be one of {', '.join(TRUNCATED_POLICIES)}, got {s.truncated!r}")
+    _require(s.vllm_seed_mode in VLLM_SEED_MODES,
+             f"sampler.vllm_seed_mode must be one of {', '.join(VLLM_SEED_MODES)}, got {s.vllm_seed_mode!r}")
 
 
 def validate(config: Config) -> None:
@@ -185,6 +229,12 @@ def validate(config: Config) -> None:
         m.reference in ("iteration_start", "initial"),
         f"method.reference must be 'iteration_start' or 'initial', got {m.reference!r}",
     )
+    _require(m.guidance_check in GUIDANCE_CHECKS,
+             f"method.guidance_check must be one of {', '.join(GUIDANCE_CHECKS)}, got {m.guidance_check!r}")
+    _require(config.eval.stages in ("all", "last", "none"),
+             f"eval.stages must be one of all, last, none, got {config.eval.stages!r}")
+    _require(config.eval.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {config.eval.max_new_tokens}")
+    _require(m.guidance_check_cases >= 0, f"method.guidance_check_cases must be >= 0 (0: all), got {m.guidance_check_cases}")
     _require(t.lr > 0, f"trainer.lr must be > 0, got {t.lr}")
     _require(
         t.optimizer in ("rmsprop", "adamw", "sgd"),

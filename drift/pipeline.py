@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from drift.config import Config
-from drift.data.files import write_jsonl_atomic
+from drift.data.files import write_jsonl_atomic, write_text_atomic
 from drift.data.records import PreferencePair, Records
 from drift.methods import build_pairs, sample_requests, uses_feedback_records
 from drift.metrics import read_metrics
@@ -27,49 +25,10 @@ from drift.parallel import Runtime, barrier, init_runtime
 from drift.tokenize import tokenize_pairs
 from drift.train import DONE, Stage, train_stage
 
-SAMPLER_SCRIPT = Path(__file__).resolve().parent.parent / "launch" / "sample.py"
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def hydra_override(key: str, value) -> str:
-    """key=value for a Hydra command line; strings and paths are quoted (a sweep folder holds '=' and ',')."""
-    if isinstance(value, (str, Path)):
-        escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
-        return f"{key}='{escaped}'"
-    return f"{key}={value}"
-
-
-def sampler_config_overrides(sampler) -> list[str]:
-    """Every field of a SamplerConfig as sampler.<field>=... (the backend travels as sampler=<backend>)."""
-    return [hydra_override(f"sampler.{f.name}", getattr(sampler, f.name)) for f in fields(sampler) if f.name != "backend"]
-
-
-def run_sampler_process(
-    checkpoint: str, prompts: Path, out_dir: Path, *, max_prompt_length: int, prompt_format: str,
-    trust_remote_code: bool, device: str, backend: str, sampler_overrides: list[str],
-) -> None:
-    """launch/sample.py as its own OS process (it holds the accelerator alone); raises if it fails.
-
-    ``sampler_overrides`` are ready Hydra words (``sampler.<key>=<value>``).
-    """
-    command = [
-        sys.executable, str(SAMPLER_SCRIPT),
-        hydra_override("checkpoint", checkpoint), hydra_override("prompts", prompts), hydra_override("out_dir", out_dir),
-        hydra_override("max_prompt_length", max_prompt_length), hydra_override("prompt_format", prompt_format),
-        hydra_override("trust_remote_code", trust_remote_code), hydra_override("device", device),
-        f"sampler={backend}", *sampler_overrides,
-    ]
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"the sampler process failed on {checkpoint} (exit {result.returncode}); its message is above; "
-            f"command: {' '.join(command)}"
-        )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -77,7 +36,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def mark_done(folder: Path, summary: dict) -> None:
-    (folder / DONE).write_text(json.dumps(summary) + "\n")
+    write_text_atomic(folder / DONE, json.dumps(summary) + "\n")
 
 
 def initial_model_source(config: Config, run_dir: Path, runtime: Runtime) -> str:
@@ -114,34 +73,67 @@ def _tokenize(config: Config, tokenizer, pairs: list[PreferencePair], folder: Pa
     return tokenized, {"pairs": len(tokenized), "rejected_at_tokenization": len(rejects), "truncated_prompts": truncated}
 
 
-def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str, records: Records) -> dict[str, list[str]]:
-    """Rank 0 starts the sampler as its own OS process on the saved policy; the others wait."""
-    requests = sample_requests(config.method.name, records)
-    if runtime.is_main and not (folder / DONE).exists():
-        write_jsonl_atomic(folder / "prompts.jsonl", [request.as_row() for request in requests])
-        run_sampler_process(
-            checkpoint, folder / "prompts.jsonl", folder, max_prompt_length=config.trainer.max_prompt_length,
-            prompt_format=config.data.prompt_format, trust_remote_code=config.model.trust_remote_code,
-            device=config.trainer.device, backend=config.sampler.backend,
-            sampler_overrides=sampler_config_overrides(config.sampler),
-        )
-        report_path = folder / "sampling_report.json"
-        mark_done(folder, json.loads(report_path.read_text()) if report_path.exists() else {})
+def guidance_scorer(config: Config):
+    """The guidance check's scorer for this run, or None (with why) when it is off."""
+    from drift.guidance import gold_scorer, reward_model_scorer
+
+    mode = config.method.guidance_check
+    if config.method.name != "drift" or mode == "off":
+        return None, "off"
+    if mode == "gold" or (mode == "auto" and config.data.name == "testbed"):
+        return gold_scorer(config.data.path), "gold reward"
+    if mode == "reward":
+        return reward_model_scorer(config.reward, "cuda" if torch.cuda.is_available() else "cpu"), f"reward model {config.reward.model}"
+    return None, "no scorer on this data: method.guidance_check=reward with reward.model=<folder> runs it with a reward model"
+
+
+def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str,
+                 records: Records) -> tuple[dict[str, list[str]], frozenset[tuple[str, int]], dict | None]:
+    """Rank 0 starts the sampler as its own OS process on the saved policy; the others wait.
+    Returns the texts by prompt id and sample index, which samples were cut but kept, and the
+    guidance check (DRIFT with a scorer: the original prompts are sampled too)."""
+    from drift.guidance import format_check, guidance_check
+    from drift.methods import GUIDED, ORIGINAL, prompt_id
+    from drift.sampler.client import SamplingJob, read_samples, sample
+
+    scorer, scorer_name = guidance_scorer(config)
+    check = None
+    if runtime.is_main:
+        requests = sample_requests(config.method.name, records, config.data.guidance,
+                                   original_too=config.method.guidance_check_cases if scorer is not None else None)
+        sample(SamplingJob(
+            checkpoint, tuple(request.as_row() for request in requests), folder, config.sampler,
+            max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
+            device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
+        ))
     barrier(runtime)
     samples: dict[str, list[str]] = {}
-    for row in sorted(read_jsonl(folder / "samples.jsonl"), key=lambda r: (r["prompt_id"], r["sample_index"])):
+    rows = sorted(read_samples(folder), key=lambda r: (r["prompt_id"], r["sample_index"]))
+    for row in rows:
         texts = samples.setdefault(row["prompt_id"], [])
         texts.extend([""] * (row["sample_index"] + 1 - len(texts)))
         texts[row["sample_index"]] = row["text"]
-    return samples
+    unfinished = frozenset((row["prompt_id"], row["sample_index"]) for row in rows if row["finish_reason"] != "eos")
+    if scorer is not None and runtime.is_main:
+        first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
+                              if samples.get(prompt_id(c.case_id, kind), [""])[0]}
+        from drift.testbed import preference_kind
+
+        kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
+        check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
+        write_text_atomic(folder / "guidance_check.json", json.dumps({"scorer": scorer_name, "guidance": config.data.guidance,
+                                                                      **check}, indent=2) + "\n")
+        print(format_check(check, f"{folder.parent.name}, data.guidance={config.data.guidance}, {scorer_name}"), flush=True)
+    return samples, unfinished, check
 
 
-def pairs_stage(config: Config, runtime: Runtime, folder: Path, records: Records, samples: dict[str, list[str]]) -> list[PreferencePair]:
+def pairs_stage(config: Config, runtime: Runtime, folder: Path, records: Records, samples: dict[str, list[str]],
+                unfinished: frozenset[tuple[str, int]] = frozenset()) -> list[PreferencePair]:
     if runtime.is_main and not (folder / DONE).exists():
         rewards = None
         if config.method.name == "iterdpo" and not uses_feedback_records(records):
             rewards = _score_samples(config, records, samples)
-        pairs, rejects = build_pairs(config.method.name, records, samples, rewards)
+        pairs, rejects = build_pairs(config.method.name, records, samples, rewards, unfinished)
         write_jsonl_atomic(folder / "pairs.jsonl", [asdict(pair) for pair in pairs])
         write_jsonl_atomic(folder / "rejects.jsonl", [asdict(reject) for reject in rejects])
         mark_done(folder, {"pairs": len(pairs), "rejected": len(rejects)})
@@ -203,18 +195,52 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
 
     for iteration in range(1, config.method.iterations + 1):
         folder = run_dir / f"iter_{iteration}"
-        samples = sample_stage(config, runtime, folder / "sample", policy, records)
-        pairs = pairs_stage(config, runtime, folder / "pairs", records, samples)
+        samples, unfinished, check = sample_stage(config, runtime, folder / "sample", policy, records)
+        pairs = pairs_stage(config, runtime, folder / "pairs", records, samples, unfinished)
         tokenized, data_stats = _tokenize(config, tokenizer, pairs, folder / "pairs", runtime)
         reference = policy if config.method.reference == "iteration_start" else initial
         stage = Stage(f"iter_{iteration}", folder / "train", tokenized, policy, reference, config.method.iteration_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"][f"iter_{iteration}"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
+        summary["stages"][f"iter_{iteration}"] = {**data_stats, **sampling_counts(folder / "sample"),
+                                                  **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
+        if check is not None:
+            summary["stages"][f"iter_{iteration}"]["guidance_check"] = check["overall"]
 
     summary["model"] = policy
+    if config.eval.heldout and config.eval.stages != "none" and runtime.is_main:
+        checkpoints = [("base", initial)] + [(name, str(run_dir / folder / "train" / "model"))
+                                             for name, folder in trained_stages(config)]
+        summary["heldout"] = heldout_stage(config, checkpoints if config.eval.stages == "all" else checkpoints[-1:])
     if runtime.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def trained_stages(config: Config) -> list[tuple[str, str]]:
+    """(name, folder) of the stages that end with a model, in training order."""
+    stages = [("warmstart", "iter_0")] if config.method.warmstart_epochs > 0 else []
+    return stages + [(f"iter_{k}", f"iter_{k}") for k in range(1, config.method.iterations + 1)]
+
+
+def heldout_stage(config: Config, checkpoints: list[tuple[str, str]]) -> dict:
+    """Every named checkpoint on the held-out split, scored by gold; printed as a table."""
+    from drift.eval.heldout import eval_sampler, evaluate_checkpoint, format_eval, read_heldout
+
+    heldout = read_heldout(config.eval.heldout)
+    sampler = eval_sampler(config.sampler, config.eval.max_new_tokens)
+    results = {name: evaluate_checkpoint(
+        checkpoint, heldout, cache_root=Path(config.output_dir) / "eval_cache", sampler=sampler,
+        max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
+        device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
+    ) for name, checkpoint in checkpoints}
+    print(format_eval(results), flush=True)
+    return results
+
+
+def sampling_counts(folder: Path) -> dict:
+    """Samples kept and quarantined (by reason: truncated, empty_output, prompt_too_long) this iteration."""
+    report = json.loads((folder / "sampling_report.json").read_text())
+    return {"samples": report["samples"], "samples_rejected_by_reason": report["rejects_by_reason"]}
 
 
 def _stage_summary(history: list[dict], done_file: Path | None = None) -> dict:
@@ -237,5 +263,9 @@ def format_summary(summary: dict) -> str:
                 f"{name:<10} {stats['pairs']:>5} {stats['steps']:>5} {stats['mean_loss']:>8.4f} {stats['mean_margin']:>8.4f} "
                 f"{stats['mean_accuracy']:>5.2f} {stats['mean_gradient_weight']:>7.4f} {stats.get('reference_sequences', 0):>7}"
             )
+    if "heldout" in summary:
+        from drift.eval.heldout import format_eval
+
+        lines.append(format_eval(summary["heldout"]))
     lines.append(f"final model (HF folder): {summary['model']}")
     return "\n".join(lines)

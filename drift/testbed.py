@@ -314,12 +314,18 @@ def conversation_of(record_id: str) -> str:
     return record_id.split("#", 1)[0].split(":", 1)[0].rsplit("/t", 1)[0]
 
 
+def preference_kind(record_id: str) -> str:
+    """The composed testbed's two kinds: 'revealed' (only the feedback shows the preference; ids
+    tbr-...) or 'stated' (the first message states it; every other conversation)."""
+    return "revealed" if conversation_of(record_id).startswith("tbr-") else "stated"
+
+
 def load_specs(path: str | Path | None = None) -> dict[str, list[dict]]:
     """conversation id -> its preference spec, from an annotation file with a Preference column."""
     path = Path(path) if path else TESTBED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"testbed file {path} does not exist; rebuild it with "
-                                "python drift/data/fixtures/testbed_build.py")
+                                "python drift/data/fixtures/testbed_compose.py (or testbed_build.py)")
     specs: dict[str, list[dict]] = {}
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -83,8 +83,9 @@ def tokenize_pairs(
         truncated_prompts += int(truncated)
         budget = max_length - len(prompt_ids)
         sides = []
-        for text in (pair.chosen, pair.rejected):
-            response_ids = tokenizer(text + suffix, add_special_tokens=False)["input_ids"][:budget]
+        for text, finished in ((pair.chosen, pair.chosen_finished), (pair.rejected, pair.rejected_finished)):
+            # an unfinished (cut) reply gets no invented end-of-turn token
+            response_ids = tokenizer(text + (suffix if finished else ""), add_special_tokens=False)["input_ids"][:budget]
             sides.append(TokenSequence(tuple(prompt_ids), tuple(response_ids)))
         if not sides[0].response_ids or not sides[1].response_ids:
             rejects.append(Rejected(pair.pair_id, "empty_response", "chosen or rejected has no tokens"))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 @hydra.main(config_path="../conf", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from drift.config import ConfigError
-    from drift.sampling import PromptFileError, format_report, run_sampler, sampler_config_from_dict
+    from drift.sampler.process import PromptFileError, format_report, run_sampler, sampler_config_from_dict
 
     raw = OmegaConf.to_container(cfg, resolve=True)
     try:

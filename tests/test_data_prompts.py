@@ -18,6 +18,7 @@ from drift.data import (
     Records,
     SatReply,
     fit_prompts,
+    guided_keep_last,
     guided_prompt,
     original_prompt,
     render_prompt_ids,
@@ -212,3 +213,50 @@ def test_fit_prompts_counts_truncations_and_rejects_what_cannot_fit(tokenizer):
     assert fitted.report["prompts_truncated"] == {"original": 0, "guided": 1, "sat": 0, "preference": 0}
     assert (fitted.report["dsat_cases"], fitted.report["seed_pairs"], fitted.report["sat_replies"]) == (2, 1, 0)
     assert fitted.report["rejects_by_reason"] == {"prompt_too_long": 2}
+
+
+# ---- guidance: where the feedback and the instruction go ------------------------------------------
+
+GEMMA = (  # Gemma 3's shape: user/model turns only, a system turn only first (else an error)
+    "{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('System role only at the start') }}{% endif %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+CASE_GUIDED = DsatCase("g", (m("user", "q?"),), "bad", "fb")
+
+
+@pytest.mark.parametrize("guidance, last_turns", [
+    ("system_turn", [("user", "fb"), ("system", IMPROVE_INSTRUCTION)]),
+    ("feedback_instruction", [("user", "fb\n\n" + IMPROVE_INSTRUCTION)]),
+    ("feedback_only", [("user", "fb")]),
+    ("restate", [("user", "fb\n\nHere is my original request again, please answer it following this feedback:\nq?")]),
+])
+def test_each_guidance_renders_token_for_token(tokenizer, guidance, last_turns):
+    ids, truncated = render_prompt_ids(guided_prompt(CASE_GUIDED, guidance), tokenizer, max_prompt_tokens=10_000,
+                                       keep_last=guided_keep_last(guidance))
+    expected = [*chatml("user", "q?"), *chatml("assistant", "bad")]
+    for role, content in last_turns:
+        expected += chatml(role, content)
+    assert ids == hand_ids(*expected, *GEN) and truncated is False
+    assert guided_keep_last(guidance) == len(last_turns) + 1  # the DSAT reply and what follows it
+
+
+@pytest.mark.parametrize("guidance", ["feedback_instruction", "feedback_only", "restate"])
+def test_guidance_without_a_system_turn_renders_with_a_gemma_style_template(tokenizer, guidance):
+    gemma = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, unk_token="<unk>")
+    gemma.chat_template = GEMMA
+    ids, _ = render_prompt_ids(guided_prompt(CASE_GUIDED, guidance), gemma, max_prompt_tokens=10_000,
+                               keep_last=guided_keep_last(guidance))
+    feedback = guided_prompt(CASE_GUIDED, guidance)[-1]["content"]
+    # the test vocabulary has no <start_of_turn> token: the template's markers are spelled out character by character
+    assert ids == hand_ids(f"<start_of_turn>user\nq?<end_of_turn>\n<start_of_turn>model\nbad<end_of_turn>\n"
+                           f"<start_of_turn>user\n{feedback}<end_of_turn>\n<start_of_turn>model\n")
+    with pytest.raises(ValueError, match="data.guidance=feedback_instruction"):
+        render_prompt_ids(guided_prompt(CASE_GUIDED, "system_turn"), gemma, max_prompt_tokens=10_000,
+                          keep_last=guided_keep_last("system_turn"))
+
+
+def test_unknown_guidance_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="system_turn, feedback_instruction, feedback_only, restate"):
+        guided_prompt(CASE_GUIDED, "shout")

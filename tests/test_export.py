@@ -245,7 +245,7 @@ def test_export_alpaca_eval_end_to_end(tmp_path, checkpoint):
     assert list(frame["dataset"]) == [r["dataset"] for r in published]
     assert set(frame["generator"]) == {"demo-iter_2"}  # the run and stage of the checkpoint
     # each output is the sample drawn for its own instruction
-    instruction_of = {row["prompt_id"]: row["messages"][0]["content"] for row in read_jsonl(out / "prompts.jsonl")}
+    instruction_of = {row["prompt_id"]: row["messages"][0]["content"] for row in read_jsonl(out / "sample" / "prompts.jsonl")}
     sampled = {instruction_of[pid]: text for pid, text in replies_by_prompt(out).items()}
     assert dict(zip(frame["instruction"], frame["output"])) == sampled and len(sampled) == 5
     generation = report["generation"]

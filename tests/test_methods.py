@@ -77,3 +77,41 @@ def test_a_missing_sample_rejects_the_record_with_a_reason():
     pairs, rejects = build_pairs("drift", WILD, {"c1#guided": ["   "]})
     assert pairs == []
     assert [(r.record_id, r.reason) for r in rejects] == [("c1", "no_sample")]
+
+
+def test_a_cut_sample_kept_by_the_sampler_never_gets_an_end_of_turn_token():
+    """sampler.truncated=keep: the pair marks the cut side unfinished, and tokenization gives it no
+    end-of-turn token, where a finished side (and the real DSAT reply) ends with one."""
+    from drift.model import build_byte_tokenizer
+    from drift.tokenize import tokenize_pairs
+
+    tokenizer = build_byte_tokenizer()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cut = frozenset({("c1#guided", 0)})
+    for method, unfinished, finished_flags in (("drift", cut, (False, True)), ("drift", frozenset(), (True, True)),
+                                               ("iterdpo", cut, (False, True))):
+        pair = _only(build_pairs(method, WILD, SAMPLES, unfinished=unfinished)[0])
+        assert (pair.chosen_finished, pair.rejected_finished) == finished_flags
+        (tokenized,), rejects, _ = tokenize_pairs([pair], tokenizer, max_length=512, max_prompt_length=256)
+        assert not rejects
+        assert (tokenized.chosen.response_ids[-1] == end) == finished_flags[0]
+        assert tokenized.rejected.response_ids[-1] == end
+    # spin: the sampled side is the rejected one
+    pair = _only(build_pairs("spin", WILD, SAMPLES, unfinished=frozenset({("s1#original", 0)}))[0])
+    assert (pair.chosen_finished, pair.rejected_finished) == (True, False)
+
+
+def test_drift_samples_the_original_prompt_too_for_the_guidance_check():
+    requests = sample_requests("drift", WILD, "feedback_only", original_too=0)
+    assert [r.prompt_id for r in requests] == ["c1#guided", "c1#original"]
+    assert requests[0].messages[-1] == {"role": "user", "content": "Nine is not prime."} and requests[0].keep_last == 2
+    # the original-prompt sample is only measured: drift's pair is still the guided sample vs the DSAT reply
+    pair = _only(build_pairs("drift", WILD, SAMPLES)[0])
+    assert pair.chosen == "Sorry, 7."
+
+
+def test_check_cases_spread_evenly():
+    from drift.methods import check_cases
+
+    assert check_cases(list(range(10)), 0) == list(range(10)) and check_cases(list(range(3)), 5) == [0, 1, 2]
+    assert check_cases(list(range(10)), 4) == [0, 2, 5, 7]

@@ -19,7 +19,7 @@ import torch
 from drift.config import ConfigError, ModelConfig, SamplerConfig
 from drift.data.prompts import render_prompt_ids
 from drift.model import build_byte_tokenizer, load_model
-from drift.sampling import (
+from drift.sampler.process import (
     REJECTS_FILE,
     REPORT_FILE,
     SAMPLES_FILE,
@@ -42,9 +42,12 @@ from drift.sampling import (
     sample_with_retries,
     sampler_config_from_dict,
     stop_token_ids,
+    check_gpu_memory,
+    choose_engine,
     vllm_engine_kwargs,
     vllm_requests,
 )
+from drift.sampler.engine import StaticDecoder, draw_tokens, engine_unsupported_reason, generate_continuous
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "launch" / "sample.py"
@@ -168,7 +171,8 @@ def test_greedy_sampling_loop_equals_argmax_decoding():
     assert generations[0].token_ids == tuple(references[0][:references[0].index(stop)])
 
 
-def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds():
+@pytest.mark.parametrize("engine", ["loop", "static"])
+def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds(engine):
     model = context_sensitive_model()
     prompts = [tuple(range(10 + i, 14 + 3 * i)) for i in range(5)]
     seeds = [11, 12, 13, 14, 15]
@@ -181,7 +185,8 @@ def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds():
             pass
 
     def sample(batch_size: int, seeds: list[int]) -> list[Generation]:
-        generate = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=batch_size), [256], 257, NoProgress())
+        generate = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=batch_size), [256], 257, NoProgress(),
+                                  engine)
         return generate(prompts, seeds)
 
     one_by_one = sample(1, seeds)
@@ -189,10 +194,107 @@ def test_samples_do_not_depend_on_batch_composition_and_follow_their_seeds():
     # other seeds, other samples
     assert sample(3, seeds[::-1]) != one_by_one
     # a prompt's sample follows its own seed only: reversing the order of the requests changes nothing
-    reversed_prompts = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=2), [256], 257, NoProgress())(
-        prompts[::-1], seeds[::-1])
+    reversed_prompts = hf_generate_fn(model, SamplerConfig(max_new_tokens=8, batch_size=2), [256], 257, NoProgress(),
+                                      engine)(prompts[::-1], seeds[::-1])
     assert reversed_prompts[::-1] == one_by_one
     assert sum(len(g.token_ids) for g in one_by_one) >= 20  # replies long enough for the comparisons to mean something
+
+
+# ---- the static-cache engine against the HF forward ----------------------------------------------
+
+
+def family_model(family: str, dtype=torch.float64):
+    tokenizer = build_byte_tokenizer()
+    model = load_model(ModelConfig(name="tiny", name_or_path=f"tiny:{family}"), dtype=dtype, seed=0,
+                       vocab_size=len(tokenizer)).eval()
+    with torch.no_grad():  # context-sensitive, as above
+        for name, parameter in model.named_parameters():
+            if ".layers." in name and parameter.dim() == 2:
+                parameter.mul_(8.0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases, untied head
+def test_static_decoder_logits_equal_the_hf_forward(family):
+    """Prefill into separate slots, then two decode steps for all slots at once (different lengths,
+    so the mask and the per-row positions matter); each against a full HF forward of that row alone."""
+    model = family_model(family)
+    assert engine_unsupported_reason(model) is None
+    prompts = [list(range(40, 52)), list(range(100, 103)), list(range(7, 30))]
+    decoder = StaticDecoder(model, slots=3, max_len=40)
+    for slot, prompt in enumerate(prompts):
+        reference = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        torch.testing.assert_close(decoder.prefill(slot, torch.tensor(prompt)), reference, rtol=1e-6, atol=1e-6)
+    rows = [list(p) for p in prompts]
+    for step_tokens in ([5, 6, 7], [9, 10, 11]):
+        positions = torch.tensor([len(r) for r in rows])
+        logits = decoder.decode(torch.tensor(step_tokens), positions, int(positions.max()) + 1)
+        for row, token, got in zip(rows, step_tokens, logits):
+            row.append(token)
+            reference = model(input_ids=torch.tensor([row])).logits[0, -1]
+            torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_static_decoder_moves_a_slot_with_its_cache():
+    model = family_model("llama")
+    decoder = StaticDecoder(model, slots=2, max_len=20)
+    prompt = list(range(20, 31))
+    decoder.prefill(1, torch.tensor(prompt))
+    decoder.move(1, 0, len(prompt))
+    got = decoder.decode(torch.tensor([44]), torch.tensor([len(prompt)]), len(prompt) + 1)[0]
+    torch.testing.assert_close(got, model(input_ids=torch.tensor([prompt + [44]])).logits[0, -1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat (full sort) to peaked (the first shortlist)
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999, 1.0])
+def test_draw_tokens_equals_the_full_sort(scale, top_p):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 20000, generator=generator, dtype=torch.float64) * scale
+    uniforms = torch.rand(16, generator=generator)
+    expected = sample_next_tokens(logits, uniforms, temperature=0.7, top_p=top_p)
+    assert torch.equal(draw_tokens(logits, uniforms, temperature=0.7, top_p=top_p, shortlists=(8, 256)), expected)
+
+
+def test_static_engine_greedy_equals_argmax_decoding_with_refills():
+    """batch_size 2 over 3 prompts: the third starts in a slot freed by an earlier one."""
+    model = context_sensitive_model()
+    prompts = [list(range(40, 52)), list(range(100, 103)), list(range(7, 30))]
+    steps = 10
+    references = [argmax_decode(model, prompt, steps) for prompt in prompts]
+    stop = references[1][3]
+    finished = []
+    generations = generate_continuous(model, prompts, [1, 2, 3], temperature=0.7, top_p=1e-9, max_new_tokens=steps,
+                                      stop_ids=[stop], batch_size=2, on_finish=finished.append)
+    for reference, generation in zip(references, generations):
+        if stop in reference:
+            cut = reference.index(stop)
+            assert generation == Generation(tuple(reference[:cut]), "eos", cut + 1)
+        else:
+            assert generation == Generation(tuple(reference), "length", steps)
+    assert generations[1].finish_reason == "eos" and sorted(map(id, finished)) == sorted(map(id, generations))
+
+
+def test_static_engine_samples_equal_the_plain_loop():
+    """Same seeds, same draws: the engine and the HF-forward loop give the same replies."""
+    model = context_sensitive_model()
+    prompts = [tuple(range(10 + i, 14 + 3 * i)) for i in range(5)]
+    seeds = [21, 22, 23, 24, 25]
+    loop = [hf_generate_batch(model, [p], [s], temperature=0.9, top_p=0.95, max_new_tokens=12, stop_ids=[256],
+                              pad_id=257)[0] for p, s in zip(prompts, seeds)]
+    static = generate_continuous(model, prompts, seeds, temperature=0.9, top_p=0.95, max_new_tokens=12,
+                                 stop_ids=[256], batch_size=3)
+    assert static == loop and sum(len(g.token_ids) for g in loop) >= 30
+
+
+def test_engine_choice_falls_back_or_refuses():
+    model = context_sensitive_model()
+    assert choose_engine(model, "auto") == ("static", None)
+    assert choose_engine(model, "loop")[0] == "loop"
+    model.config.model_type = "gemma3_text"
+    engine, reason = choose_engine(model, "auto")
+    assert engine == "loop" and "gemma3_text" in reason
+    with pytest.raises(ConfigError, match="sampler.engine=static cannot run this model"):
+        choose_engine(model, "static")
 
 
 def test_cut_at_stop():
@@ -298,7 +400,7 @@ def test_empty_replies_are_retried_with_the_next_seed_then_quarantined():
         return replies
 
     rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=7, max_retries=2,
-                                                stamp={"backend": "hf", "checkpoint_fingerprint": "f"})
+                                                stamp={"backend": "hf", "checkpoint_fingerprint": "f"}, truncated="keep")
     assert [len(seeds) for seeds in calls] == [3, 2, 1]
     assert tokens == (3 + 1 + 1) + (3 + 8) + 3  # every attempt counts, the stop token included
     by_id = {row["prompt_id"]: row for row in rows}
@@ -310,6 +412,38 @@ def test_empty_replies_are_retried_with_the_next_seed_then_quarantined():
     assert by_id["fine"]["attempts"] == 1 and by_id["fine"]["seed"] == first_seed["fine"]
     assert len(rejects) == 1 and rejects[0]["prompt_id"] == "always-empty"
     assert rejects[0]["reason"] == "empty_output" and "after 3 attempt(s)" in rejects[0]["detail"]
+
+
+@pytest.mark.parametrize("policy", ["drop", "resample", "keep"])
+def test_cut_replies_are_dropped_resampled_or_kept_as_configured(policy):
+    """A reply cut at max_new_tokens: drop quarantines it at once, resample draws it again with the
+    next seed (here attempt 2 finishes), keep keeps it with finish_reason length."""
+    tokenizer = build_byte_tokenizer()
+    requests = [Request(pid, 0, (1, 2), f"hash-{pid}") for pid in ("cut-then-done", "always-cut", "done")]
+    attempt_of = {sample_seed(3, pid, 0, a): (pid, a) for pid in ("cut-then-done", "always-cut", "done") for a in range(3)}
+
+    def generate(prompts, seeds):
+        replies = []
+        for seed in seeds:
+            pid, attempt = attempt_of[seed]
+            finished = pid == "done" or (pid == "cut-then-done" and attempt == 1)
+            replies.append(Generation(tuple(tokenizer.encode(f"{pid} {attempt}")), "eos" if finished else "length", 5))
+        return replies
+
+    rows, rejects, _ = sample_with_retries(generate, requests, tokenizer, seed=3, max_retries=2,
+                                           stamp={}, truncated=policy)
+    kept = {row["prompt_id"]: (row["finish_reason"], row["attempts"]) for row in rows}
+    quarantined = {row["prompt_id"]: row["reason"] for row in rejects}
+    if policy == "drop":
+        assert kept == {"done": ("eos", 1)}
+        assert quarantined == {"cut-then-done": "truncated", "always-cut": "truncated"}
+        assert "after 1 attempt(s)" in rejects[0]["detail"] and "sampler.max_new_tokens" in rejects[0]["detail"]
+    elif policy == "resample":
+        assert kept == {"done": ("eos", 1), "cut-then-done": ("eos", 2)}
+        assert quarantined == {"always-cut": "truncated"} and "after 3 attempt(s)" in rejects[0]["detail"]
+    else:
+        assert kept == {"done": ("eos", 1), "cut-then-done": ("length", 1), "always-cut": ("length", 1)}
+        assert rejects == []
 
 
 def test_a_model_that_only_says_eos_is_quarantined(eos_checkpoint, tmp_path):
@@ -337,7 +471,9 @@ def sampler_command(checkpoint: Path, prompts: Path, out_dir: Path, *overrides: 
 def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkpoint, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 5, long_prompt=True)
     out_dir = tmp_path / "sample"
-    overrides = ["sampler.seed=3", "sampler.max_new_tokens=10", "sampler.num_samples=2", "sampler.batch_size=4"]
+    # a tiny random model rarely stops within 10 tokens: keep its cut replies (sampler.truncated=keep)
+    overrides = ["sampler.seed=3", "sampler.max_new_tokens=10", "sampler.num_samples=2", "sampler.batch_size=4",
+                 "sampler.truncated=keep"]
     result = subprocess.run(sampler_command(checkpoint, prompts, out_dir, *overrides), capture_output=True, text=True,
                             timeout=120, cwd=tmp_path, env=SUBPROCESS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -369,7 +505,8 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
 
     # a rerun with the same seeds, in-process this time, samples the same replies
     rerun = tmp_path / "rerun"
-    run_sampler(checkpoint, prompts, rerun, SamplerConfig(seed=3, max_new_tokens=10, num_samples=2, batch_size=4),
+    run_sampler(checkpoint, prompts, rerun, SamplerConfig(seed=3, max_new_tokens=10, num_samples=2, batch_size=4,
+                                                          truncated="keep"),
                 max_prompt_length=128, prompt_format="chat_template", device="cpu", progress_bar=False)
     assert read_jsonl(rerun / SAMPLES_FILE) == samples
 
@@ -390,7 +527,7 @@ def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
         seen = ""
         while char := process.stderr.read(1):
             seen = seen[-200:] + char
-            if "tok/s" in seen:  # the bar's rate appears once the first of 12 batches is done
+            if "tok/s" in seen:  # the bar's rate appears once the first of 48 samples is done
                 generating.set()
 
     watcher = threading.Thread(target=watch_progress_bar, daemon=True)
@@ -491,11 +628,12 @@ def test_vllm_backend_glue_with_a_stand_in_engine(monkeypatch, checkpoint, tmp_p
     fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
     fake.LLM, fake.SamplingParams = LLM, SamplingParams
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (80 << 30, 80 << 30))  # a free 80 GiB GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # setdefault must leave a user's choice alone
 
     prompts = write_prompts(tmp_path / "prompts.jsonl", 6)
-    cfg = SamplerConfig(backend="vllm", max_new_tokens=5, max_retries=1, seed=9)
+    cfg = SamplerConfig(backend="vllm", max_new_tokens=5, max_retries=1, seed=9, truncated="keep")
     report = run_sampler(checkpoint, prompts, tmp_path / "out", cfg, max_prompt_length=128,
                          prompt_format="chat_template", progress_bar=False)
 
@@ -526,3 +664,18 @@ def test_vllm_backend_glue_with_a_stand_in_engine(monkeypatch, checkpoint, tmp_p
         assert row["seed"] % 2 == 1 and row["text"] == letters[row["seed"] % 26] * 5
         assert row["finish_reason"] == "length" and row["num_tokens"] == 5
     assert report["data_parallel_size"] == 1 and report["tensor_parallel_size"] == 1
+
+
+def test_vllm_per_batch_seed_mode_sends_no_request_seed():
+    cfg = SamplerConfig(backend="vllm", vllm_seed_mode="per_batch")
+    _, params = vllm_requests([(1, 2)], [7], cfg, [0])
+    assert "seed" not in params[0]
+    _, params = vllm_requests([(1, 2)], [7], SamplerConfig(backend="vllm"), [0])
+    assert params[0]["seed"] == 7
+
+
+def test_vllm_memory_is_checked_before_the_engine_starts():
+    cfg = SamplerConfig(backend="vllm", gpu_memory_utilization=0.85)
+    check_gpu_memory(cfg, lambda: (70 << 30, 80 << 30))  # 70 GiB free >= 68 asked
+    with pytest.raises(RuntimeError, match=r"asks vLLM for 68.0 GiB but only 40.0 of 80.0 GiB are free.*below 0.50"):
+        check_gpu_memory(cfg, lambda: (40 << 30, 80 << 30))

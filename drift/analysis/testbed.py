@@ -34,7 +34,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from drift.data.files import write_jsonl_atomic, write_text_atomic
+from drift.data.files import write_text_atomic
 from drift.testbed import conversation_of, gold_reward, load_specs, words
 
 COMMAND = "testbed"
@@ -311,27 +311,18 @@ def evaluate(run_dir: Path, config: dict | None, records, specs, seeds, mode: st
 
 
 def sample_checkpoint(checkpoint: str, folder: Path, prompt_rows: list[dict], config: dict) -> list[dict]:
-    """The sampler process on ``checkpoint``; reuses earlier samples of the same weights and prompts."""
-    from drift.pipeline import hydra_override, run_sampler_process
-    from drift.sampling import checkpoint_fingerprint
+    """The sampler process on ``checkpoint`` with the run's sampler settings (drift.sampler.client:
+    reused while the weights, the prompts and the settings are the same)."""
+    from drift.sampler.client import SamplingJob, sample
+    from drift.sampler.process import sampler_config_from_dict
 
-    samples_path, prompts_path = folder / "samples.jsonl", folder / "prompts.jsonl"
-    fingerprint = checkpoint_fingerprint(checkpoint)
-    prompts_text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in prompt_rows)
-    if samples_path.is_file() and prompts_path.is_file() and prompts_path.read_text(encoding="utf-8") == prompts_text:
-        rows = read_jsonl(samples_path)
-        if rows and all(row.get("checkpoint_fingerprint") == fingerprint for row in rows):
-            return rows
-    write_jsonl_atomic(prompts_path, prompt_rows)
-    sampler = dict(config["sampler"])
-    print(f"{COMMAND}: sampling the evaluation prompts from {checkpoint}", file=sys.stderr, flush=True)
-    run_sampler_process(
-        checkpoint, prompts_path, folder, max_prompt_length=config["trainer"]["max_prompt_length"],
-        prompt_format=config["data"]["prompt_format"], trust_remote_code=config["model"].get("trust_remote_code", False),
-        device=config["trainer"].get("device", "auto"), backend=sampler.pop("backend"),
-        sampler_overrides=[hydra_override(f"sampler.{key}", value) for key, value in sampler.items()],
+    job = SamplingJob(
+        # an evaluation scores cut replies too (and reports the share cut)
+        checkpoint, tuple(prompt_rows), folder, sampler_config_from_dict({**config["sampler"], "truncated": "keep"}),
+        max_prompt_length=config["trainer"]["max_prompt_length"], prompt_format=config["data"]["prompt_format"],
+        device=config["trainer"].get("device", "auto"), trust_remote_code=config["model"].get("trust_remote_code", False),
     )
-    return read_jsonl(samples_path)
+    return sample(job, label=COMMAND).samples
 
 
 # ---------------------------------------------------------------- the report

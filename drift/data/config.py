@@ -37,6 +37,10 @@ class DataConfig:
     path: str | None = None
     # chat_template (the model's) or raw_text (the paper code's "User: ...\nAssistant: ..." text)
     prompt_format: str = "chat_template"
+    # how the guided prompt puts the user's feedback (drift.data.prompts.GUIDANCE): feedback_only
+    # (the default: the guidance check on the testbed measured it best for the embedded model),
+    # restate, feedback_instruction, or system_turn (the paper code's instruction as a system turn)
+    guidance: str = "feedback_only"
     # prompt budget in tokens; None leaves it to the caller (the trainer knows the model)
     max_prompt_length: int | None = None
     # hub dataset read with `datasets.load_dataset(hub_name, hub_config, split=split)` when no path
@@ -57,6 +61,10 @@ class DataConfig:
             raise ValueError(
                 f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}"
             )
+        from drift.data.prompts import GUIDANCE
+
+        if self.guidance not in GUIDANCE:
+            raise ValueError(f"data.guidance must be one of {', '.join(GUIDANCE)}, got {self.guidance!r}")
         if self.max_prompt_length is not None and (
             isinstance(self.max_prompt_length, bool) or not isinstance(self.max_prompt_length, int)
             or self.max_prompt_length <= 0

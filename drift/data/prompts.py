@@ -2,8 +2,8 @@
 
 original prompt: the history up to the DSAT reply (ends with the user turn it answered). The DPO
     pair always trains on this one.
-guided prompt:   the history, the DSAT reply (assistant), the user's feedback (user), then the paper
-    code's improvement instruction as a system turn. DRIFT and IterDPO sample the chosen side from it.
+guided prompt:   the history, the DSAT reply (assistant), then the user's feedback, in one of the
+    forms `data.guidance` names (GUIDANCE below). DRIFT and IterDPO sample the chosen side from it.
 
 Rendering: `chat_template` (default) is the tokenizer's own template with add_generation_prompt=True,
 encoded without adding special tokens again. `raw_text` is the paper code's plain text (its
@@ -16,8 +16,9 @@ the last `keep_last` messages are never dropped (keep_last=1 for an original pro
 turn; keep_last=3 for a guided prompt: DSAT reply, feedback, instruction). Turns go in units that
 start at a user turn, so what remains of the history still starts with a user turn.
 
-Templates that reject a system turn after the first message (Gemma's) cannot render the guided
-prompt; use prompt_format=raw_text with them, as the paper's sampling script did.
+Templates that reject a system turn after the first message (Gemma's) cannot render the
+`system_turn` guidance; every other guidance keeps the conversation a plain user/assistant
+alternation that any chat template renders.
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ from drift.data.records import DsatCase, Records, Rejected
 IMPROVE_INSTRUCTION = (
     "Based on the user's latest feedback, please provide an improved response that addresses their concerns."
 )
+RESTATE_TEMPLATE = "{feedback}\n\nHere is my original request again, please answer it following this feedback:\n{request}"
 ORIGINAL_KEEP_LAST = 1  # the user turn the reply answers
-GUIDED_KEEP_LAST = 3  # DSAT reply, feedback, instruction
+GUIDED_KEEP_LAST = 3  # system_turn guidance: DSAT reply, feedback, instruction
+# how the guided prompt puts the user's feedback (data.guidance)
+GUIDANCE = {
+    "system_turn": "the feedback as its user turn, then the paper code's instruction as a separate system turn",
+    "feedback_instruction": "the feedback's user turn, with the instruction appended to it",
+    "feedback_only": "the feedback's user turn alone, no instruction",
+    "restate": "the feedback's user turn, then the original request asked again in it",
+}
 RAW_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
@@ -51,12 +60,25 @@ def original_prompt(case) -> tuple[dict, ...]:
     return tuple(case.history)
 
 
-def guided_prompt(case: DsatCase) -> tuple[dict, ...]:
-    return tuple(case.history) + (
-        {"role": "assistant", "content": case.dsat_reply},
-        {"role": "user", "content": case.feedback},
-        {"role": "system", "content": IMPROVE_INSTRUCTION},
-    )
+def guided_prompt(case: DsatCase, guidance: str = "system_turn") -> tuple[dict, ...]:
+    """History, DSAT reply, then the feedback in the form ``guidance`` names (GUIDANCE)."""
+    head = tuple(case.history) + ({"role": "assistant", "content": case.dsat_reply},)
+    if guidance == "system_turn":
+        return head + ({"role": "user", "content": case.feedback}, {"role": "system", "content": IMPROVE_INSTRUCTION})
+    if guidance == "feedback_instruction":
+        return head + ({"role": "user", "content": f"{case.feedback}\n\n{IMPROVE_INSTRUCTION}"},)
+    if guidance == "feedback_only":
+        return head + ({"role": "user", "content": case.feedback},)
+    if guidance == "restate":
+        requests = [m["content"] for m in case.history if m["role"] == "user"]
+        request = requests[-1] if requests else ""
+        return head + ({"role": "user", "content": RESTATE_TEMPLATE.format(feedback=case.feedback, request=request)},)
+    raise ValueError(f"data.guidance must be one of {', '.join(GUIDANCE)}, got {guidance!r}")
+
+
+def guided_keep_last(guidance: str = "system_turn") -> int:
+    """Messages of the guided prompt never dropped to fit: the DSAT reply and what follows it."""
+    return GUIDED_KEEP_LAST if guidance == "system_turn" else 2
 
 
 def render_prompt_text(messages, tokenizer=None, *, prompt_format: str = "chat_template") -> str:
@@ -82,7 +104,8 @@ def render_prompt_text(messages, tokenizer=None, *, prompt_format: str = "chat_t
         roles = "/".join(m["role"] for m in messages)
         raise ValueError(
             f"the tokenizer's chat template cannot render these messages ({roles}): {e}. If it rejects a "
-            "system turn after the first message, set data.prompt_format=raw_text"
+            "system turn after the first message, use a guidance without one (data.guidance=feedback_instruction, "
+            "feedback_only or restate) or set data.prompt_format=raw_text"
         ) from e
 
 
@@ -123,7 +146,8 @@ def render_prompt_ids(messages, tokenizer, *, max_prompt_tokens: int, prompt_for
     return best, True
 
 
-def fit_prompts(records: Records, tokenizer, *, max_prompt_tokens: int, prompt_format: str) -> Records:
+def fit_prompts(records: Records, tokenizer, *, max_prompt_tokens: int, prompt_format: str,
+                guidance: str = "system_turn") -> Records:
     """Render every prompt the methods use; reject records whose prompt cannot fit, count truncations.
 
     A DSAT case needs both its original and its guided prompt (its seed pair goes with it); a SAT
@@ -145,7 +169,7 @@ def fit_prompts(records: Records, tokenizer, *, max_prompt_tokens: int, prompt_f
     dsat_cases = []
     for case in records.dsat_cases:
         ok = fits(case.case_id, "original", original_prompt(case), ORIGINAL_KEEP_LAST)
-        ok = ok and fits(case.case_id, "guided", guided_prompt(case), GUIDED_KEEP_LAST)
+        ok = ok and fits(case.case_id, "guided", guided_prompt(case, guidance), guided_keep_last(guidance))
         if ok:
             dsat_cases.append(case)
         else:

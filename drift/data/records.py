@@ -20,6 +20,10 @@ class PreferencePair:
     chosen: str
     rejected: str
     source: str = ""
+    # False for a sampled reply cut at max_new_tokens and kept (sampler.truncated=keep): it is
+    # trained without the end-of-turn token, since the model never ended it
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,11 @@ from drift.data.records import DsatCase, PreferencePair, Records, Rejected
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_ANNOTATION = FIXTURE_DIR / "sat_dsat_annotation.jsonl"
 # the verifiable testbed: the same schema, plus each conversation's preference spec (drift/testbed.py)
-TESTBED_ANNOTATION = FIXTURE_DIR / "testbed.jsonl"
+# data=testbed: the composed testbed at scale (testbed_compose.py); the 53 hand-written
+# conversations (testbed_build.py) stay in testbed.jsonl, data.path=drift/data/fixtures/testbed.jsonl
+TESTBED_ANNOTATION = FIXTURE_DIR / "testbed_scale.jsonl"
+TESTBED_HANDWRITTEN = FIXTURE_DIR / "testbed.jsonl"
+TESTBED_HELDOUT = FIXTURE_DIR / "testbed_heldout.jsonl"
 CHAT_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -82,7 +86,7 @@ def load_records(data_cfg: DataConfig, tokenizer=None) -> Records:
         from drift.data.prompts import fit_prompts
 
         records = fit_prompts(records, tokenizer, max_prompt_tokens=data_cfg.max_prompt_length,
-                              prompt_format=data_cfg.prompt_format)
+                              prompt_format=data_cfg.prompt_format, guidance=data_cfg.guidance)
     return records
 
 

@@ -42,6 +42,7 @@ import torch
 from drift.config import ConfigError, ModelConfig, SamplerConfig
 from drift.config import validate_sampler as validate_sampler_config
 from drift.data.files import write_jsonl_atomic, write_text_atomic
+from drift.sampler.engine import DecoderWeights, Generation, engine_unsupported_reason, generate_continuous, sample_next_tokens
 
 SAMPLES_FILE = "samples.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -67,15 +68,6 @@ class Request:
     prompt_hash: str
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What one generate call produced for one request."""
-
-    token_ids: tuple[int, ...]  # the reply, without the stop token
-    finish_reason: str  # "eos" | "length"
-    generated_tokens: int  # tokens the model produced, the stop token included
-
-
 # ---- configuration ------------------------------------------------------------------------------
 
 
@@ -87,6 +79,21 @@ def sampler_config_from_dict(values: dict) -> SamplerConfig:
     config = SamplerConfig(**values)
     validate_sampler_config(config)
     return config
+
+
+def sampler_config_from_text(values: dict[str, str]) -> SamplerConfig:
+    """sampler.<key>=<text> words as typed by a user (``backend`` among them) -> a validated config."""
+    fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
+    typed: dict = {}
+    for name, text in values.items():
+        if name not in fields:
+            raise ConfigError(f"sampler has no key {name!r}; known keys: {', '.join(sorted(fields))}")
+        kind = type(fields[name].default)
+        try:
+            typed[name] = kind(text)
+        except ValueError:
+            raise ConfigError(f"sampler.{name} must be a {kind.__name__}, got {text!r}") from None
+    return sampler_config_from_dict(typed)
 
 
 def validate_run_args(sampler: SamplerConfig, *, max_prompt_length: int, prompt_format: str, device: str) -> None:
@@ -208,26 +215,48 @@ def reject_row(prompt_id: str, sample_index: int, reason: str, detail: str) -> d
 GenerateFn = Callable[[list[tuple[int, ...]], list[int]], list[Generation]]
 
 
-def sample_with_retries(generate: GenerateFn, requests: list[Request], tokenizer, *, seed: int,
-                        max_retries: int, stamp: dict) -> tuple[list[dict], list[dict], int]:
+def sample_with_retries(generate: GenerateFn, requests: list[Request], tokenizer, *, seed: int, max_retries: int,
+                        stamp: dict, seeded: bool = True, truncated: str = "drop") -> tuple[list[dict], list[dict], int]:
     """Sample every request; resample empty replies with the next attempt's seed, then quarantine.
 
+    A reply cut at max_new_tokens is not a finished reply. ``truncated`` says what happens to it:
+    ``drop`` quarantines it at once (reason ``truncated``), ``resample`` draws it again with the
+    next attempt's seed like an empty one (then quarantines it), ``keep`` keeps it with
+    finish_reason ``length`` (the paper code's behaviour; the trainer then gives it no
+    end-of-turn token).
+
     Returns (sample rows, reject rows, tokens generated over all attempts). ``stamp`` holds the
-    fields every row carries (backend, checkpoint fingerprint).
+    fields every row carries (backend, checkpoint fingerprint); ``seeded=False`` (vLLM's per_batch
+    seed mode) records no per-draw seed, since the backend did not use one.
     """
     pending: list[tuple[Request, Generation | None]] = [(request, None) for request in requests]
-    rows, tokens = [], 0
+    rows, rejects, tokens = [], [], 0
+
+    def quarantine(request: Request, generation: Generation, attempts: int) -> None:
+        if generation.finish_reason == "length" and tokenizer.decode(list(generation.token_ids), skip_special_tokens=True).strip():
+            rejects.append(reject_row(request.prompt_id, request.sample_index, "truncated",
+                                      f"the reply was cut at max_new_tokens={generation.generated_tokens} after {attempts} "
+                                      f"attempt(s) (sampler.truncated={truncated}); raise sampler.max_new_tokens to finish it"))
+        else:
+            rejects.append(reject_row(request.prompt_id, request.sample_index, "empty_output",
+                                      f"the reply was empty after {attempts} attempt(s); the last one generated "
+                                      f"{generation.generated_tokens} token(s) and ended by {generation.finish_reason}"))
+
     for attempt in range(max_retries + 1):
         if not pending:
             break
         seeds = [sample_seed(seed, r.prompt_id, r.sample_index, attempt) for r, _ in pending]
         generations = generate([r.prompt_ids for r, _ in pending], seeds)
-        still_empty = []
+        again = []
         for (request, _), draw_seed, generation in zip(pending, seeds, generations, strict=True):
             tokens += generation.generated_tokens
             text = tokenizer.decode(list(generation.token_ids), skip_special_tokens=True).strip()
-            if not text:
-                still_empty.append((request, generation))
+            cut = generation.finish_reason == "length" and truncated != "keep"
+            if not text or cut:
+                if text and truncated == "drop":
+                    quarantine(request, generation, attempt + 1)
+                else:
+                    again.append((request, generation))
                 continue
             rows.append({
                 "prompt_id": request.prompt_id,
@@ -235,18 +264,14 @@ def sample_with_retries(generate: GenerateFn, requests: list[Request], tokenizer
                 "text": text,
                 "num_tokens": len(generation.token_ids),
                 "finish_reason": generation.finish_reason,
-                "seed": draw_seed,
+                "seed": draw_seed if seeded else None,
                 **stamp,
                 "prompt_hash": request.prompt_hash,
                 "attempts": attempt + 1,
             })
-        pending = still_empty
-    rejects = [
-        reject_row(request.prompt_id, request.sample_index, "empty_output",
-                   f"the reply was empty after {max_retries + 1} attempt(s); the last one generated "
-                   f"{generation.generated_tokens} token(s) and ended by {generation.finish_reason}")
-        for request, generation in pending
-    ]
+        pending = again
+    for request, generation in pending:
+        quarantine(request, generation, max_retries + 1)
     return rows, rejects, tokens
 
 
@@ -276,26 +301,6 @@ class Progress:
 
 
 # ---- HF backend ---------------------------------------------------------------------------------
-
-
-def sample_next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
-    """Temperature + top-p (nucleus) sampling by inverse CDF, one uniform draw in [0, 1) per row.
-
-    Top-p keeps the most likely tokens up to and including the one whose cumulative probability
-    reaches top_p (always at least one), as HF generate and vLLM do; a tiny top_p is greedy.
-    """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    kept = mass_before < top_p
-    kept[:, 0] = True
-    sorted_probs = sorted_probs * kept
-    cdf = sorted_probs.cumsum(dim=-1)
-    targets = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
-    # u * total can round up to total: never step past the last kept token
-    rank = torch.searchsorted(cdf, targets, right=True)
-    rank = torch.minimum(rank, kept.sum(dim=-1, keepdim=True) - 1)
-    return order.gather(-1, rank).squeeze(-1)
 
 
 @torch.no_grad()
@@ -345,10 +350,24 @@ def cut_at_stop(token_ids: Sequence[int], stop_ids: Sequence[int]) -> Generation
     return Generation(tuple(token_ids), "length", len(token_ids))
 
 
-def hf_generate_fn(model, cfg: SamplerConfig, stop_ids: Sequence[int], pad_id: int, progress: Progress) -> GenerateFn:
-    """Longest prompts first (an out-of-memory shows at once), batches of sampler.batch_size."""
+def hf_generate_fn(model, cfg: SamplerConfig, stop_ids: Sequence[int], pad_id: int, progress: Progress,
+                   engine: str = "loop") -> GenerateFn:
+    """The HF backend's generate: ``static`` is the continuous-batching engine
+    (drift.sampler.engine), ``loop`` the plain loop over the HF forward in static batches of
+    sampler.batch_size. Longest prompts first in both (an out-of-memory error shows at once)."""
 
-    def generate(prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Generation]:
+    weights: list[DecoderWeights] = []  # packed on the first call, reused by the retries
+
+    def generate_static(prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Generation]:
+        progress.expect(len(prompts))
+        if not weights:
+            weights.append(DecoderWeights(model, rows_hint=cfg.batch_size))
+        return generate_continuous(
+            weights[0], prompts, seeds, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+            stop_ids=stop_ids, batch_size=cfg.batch_size, on_finish=lambda g: progress.advance(1, g.generated_tokens),
+        )
+
+    def generate_loop(prompts: list[tuple[int, ...]], seeds: list[int]) -> list[Generation]:
         progress.expect(len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
         results: list[Generation | None] = [None] * len(prompts)
@@ -363,7 +382,23 @@ def hf_generate_fn(model, cfg: SamplerConfig, stop_ids: Sequence[int], pad_id: i
             progress.advance(len(chunk), sum(g.generated_tokens for g in generations))
         return results  # type: ignore[return-value]
 
-    return generate
+    return generate_static if engine == "static" else generate_loop
+
+
+def choose_engine(model, requested: str) -> tuple[str, str | None]:
+    """(engine that runs, why not the static one). ``auto`` falls back to the loop, ``static`` refuses."""
+    reason = engine_unsupported_reason(model)
+    if requested == "loop":
+        return "loop", "sampler.engine=loop"
+    if reason is not None and requested == "static":
+        raise ConfigError(f"sampler.engine=static cannot run this model ({reason}); use sampler.engine=auto or loop")
+    return ("loop", reason) if reason is not None else ("static", None)
+
+
+def sampling_dtype(requested: str, use_cuda: bool) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if use_cuda else torch.float32
+    return getattr(torch, requested)
 
 
 def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerConfig, stop_ids: list[int], *,
@@ -374,21 +409,24 @@ def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerCon
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu")
     target = torch.device("cuda" if use_cuda else "cpu")
-    dtype = torch.bfloat16 if use_cuda else torch.float32
+    dtype = sampling_dtype(cfg.dtype, use_cuda)
     model_cfg = ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=trust_remote_code)
     load_started = time.perf_counter()
     model = load_model(model_cfg, dtype=dtype, seed=cfg.seed).to(target).eval()
     load_seconds = time.perf_counter() - load_started
+    engine, fallback_reason = choose_engine(model, cfg.engine)
+    if engine == "loop" and cfg.engine == "auto":
+        print(f"sampler: the static engine does not run this model ({fallback_reason}); using the plain loop", flush=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     progress = Progress(len(requests), progress_bar)
     try:
-        generate = hf_generate_fn(model, cfg, stop_ids, pad_id, progress)
-        rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=cfg.seed,
-                                                    max_retries=cfg.max_retries, stamp=stamp)
+        generate = hf_generate_fn(model, cfg, stop_ids, pad_id, progress, engine)
+        rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=cfg.seed, max_retries=cfg.max_retries,
+                                                    stamp=stamp, truncated=cfg.truncated)
     finally:
         progress.close()
     return rows, rejects, tokens, {"device": str(target), "dtype": str(dtype).removeprefix("torch."),
-                                   "load_seconds": load_seconds}
+                                   "engine": engine, "load_seconds": load_seconds}
 
 
 # ---- vLLM backend -------------------------------------------------------------------------------
@@ -411,12 +449,20 @@ def import_vllm():
 def vllm_requests(prompts: list[Sequence[int]], seeds: list[int], cfg: SamplerConfig,
                   stop_ids: Sequence[int]) -> tuple[list[dict], list[dict]]:
     """vLLM prompts ({"prompt_token_ids": ...}, a TokensPrompt) and SamplingParams kwargs, one
-    request per (prompt, sample index) with n=1 and its own seed."""
+    request per (prompt, sample index) with n=1.
+
+    sampler.vllm_seed_mode=per_request gives each request its own seed: reproducible and
+    independent of batch-mates, but a seeded request carries its own torch.Generator, and vLLM's
+    sampler then leaves its fused top-p kernel (FlashInfer) for the PyTorch path and draws each
+    seeded row's noise in a Python loop over the batch. per_batch sends no seed: the engine's seed
+    (vllm.LLM(seed=sampler.seed)) drives one generator for the whole batch, the fast path; a rerun
+    with the same requests in the same order reproduces, but a sample depends on its batch-mates."""
     prompt_dicts = [{"prompt_token_ids": list(ids)} for ids in prompts]
+    per_request = cfg.vllm_seed_mode == "per_request"
     params = [
         {
             "n": 1,
-            "seed": seed,
+            **({"seed": seed} if per_request else {}),
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
             "max_tokens": cfg.max_new_tokens,
@@ -453,6 +499,19 @@ def vllm_engine_kwargs(checkpoint: str, cfg: SamplerConfig, *, max_model_len: in
     }
 
 
+def check_gpu_memory(cfg: SamplerConfig, free_and_total: Callable[[], tuple[int, int]] | None = None) -> None:
+    """vLLM reserves gpu_memory_utilization x total memory at start and fails deep inside its
+    profiler when less is free (a trainer still holding the GPU, say): say so before it loads."""
+    free, total = (free_and_total or torch.cuda.mem_get_info)()
+    wanted = cfg.gpu_memory_utilization * total
+    if free < wanted:
+        raise RuntimeError(
+            f"sampler.gpu_memory_utilization={cfg.gpu_memory_utilization} asks vLLM for {wanted / 2**30:.1f} GiB but only "
+            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB are free on this GPU: lower sampler.gpu_memory_utilization "
+            f"below {free / total:.2f}, or free the GPU (is a trainer process still running on it?)"
+        )
+
+
 def visible_gpu_ids() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
@@ -482,6 +541,7 @@ def _vllm_shard(checkpoint: str, requests: list[Request], cfg: SamplerConfig, st
     vllm = import_vllm()
     tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=trust_remote_code),
                                source=checkpoint)
+    check_gpu_memory(cfg)
     load_started = time.perf_counter()
     llm = vllm.LLM(**vllm_engine_kwargs(checkpoint, cfg, max_model_len=max_model_len, trust_remote_code=trust_remote_code))
     load_seconds = time.perf_counter() - load_started
@@ -492,8 +552,8 @@ def _vllm_shard(checkpoint: str, requests: list[Request], cfg: SamplerConfig, st
         outputs = llm.generate(prompt_dicts, [vllm.SamplingParams(**p) for p in params], use_tqdm=show_progress)
         return [generation_from_vllm(o.outputs[0].token_ids, o.outputs[0].finish_reason, stop_ids) for o in outputs]
 
-    rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=cfg.seed,
-                                                max_retries=cfg.max_retries, stamp=stamp)
+    rows, rejects, tokens = sample_with_retries(generate, requests, tokenizer, seed=cfg.seed, max_retries=cfg.max_retries,
+                                                stamp=stamp, seeded=cfg.vllm_seed_mode == "per_request", truncated=cfg.truncated)
     return rows, rejects, tokens, load_seconds
 
 
@@ -608,6 +668,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
         "rejected": len(rejects),
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         "retried_samples": sum(row["attempts"] > 1 for row in samples),
+        "truncated_kept": sum(row["finish_reason"] == "length" for row in samples),
         "generated_tokens": tokens,
         "generation_seconds": round(generation_seconds, 3),
         "tokens_per_second": round(tokens / max(generation_seconds, 1e-9), 1),

@@ -1,0 +1,215 @@
+"""Our sampler beside transformers' generate(), same prompts, same settings, one invocation.
+
+    python benchmarks/sampler_throughput.py                       # batch 1/8/32, 128 and 512 new tokens
+    python benchmarks/sampler_throughput.py --batches 8 --new-tokens 128 --impls ours generate
+
+The embedded SmolLM2-135M-Instruct on the main job's prompts: the fixture's guided DRIFT prompts
+(multi-turn, 60-560 tokens), rendered with the chat template exactly as launch/sample.py renders
+them, each prompt drawn twice (sample index 0 and 1). Temperature 0.7, top-p 0.9, the checkpoint's
+stop tokens. A configuration samples max(4, 2 x batch) prompts, so the continuous batching of ours
+refills rows and the static batches of generate() wait for their longest reply.
+
+  ours          the HF backend's generate function, built as launch/sample.py builds it
+                (drift.sampler.process.hf_generate_fn with the engine sampler.engine=auto picks)
+  ours_bf16     the same with sampler.dtype=bfloat16 (weights and KV cache in bf16)
+  ours_loop     sampler.engine=loop: the plain loop over the HF forward that ours replaced
+  generate      model.generate(do_sample=True, ...) on left-padded batches of the same prompts,
+                longest first (as ours orders them), the default dynamic cache
+
+Tokens/s counts finished tokens: every generated token up to and including its stop token.
+Each configuration runs in a fresh subprocess, so its peak RSS is its own. The same run measures
+this machine's memory read bandwidth, and from it the decode bound: one step reads every weight
+once, so steps/s <= bandwidth / weight bytes, tokens/s <= batch x that (KV-cache reads ignored).
+Writes benchmarks/results/sampler_throughput_<device>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+IMPLS = ("ours", "ours_bf16", "ours_loop", "generate")
+SEED = 42
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def benchmark_prompts(tokenizer, count: int) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The main job's guided prompts as launch/sample.py renders them, twice each; and their seeds."""
+    from drift.data import DataConfig, load_records
+    from drift.methods import sample_requests
+    from drift.sampler.process import build_requests, sample_seed
+
+    rows = [request.as_row() for request in sample_requests("drift", load_records(DataConfig(name="fixture")))]
+    requests, rejects = build_requests(rows, tokenizer, num_samples=2, max_prompt_length=1024, prompt_format="chat_template")
+    assert not rejects, rejects
+    # interleave sample indices 0 and 1 so that a small count still spans many prompts
+    requests = sorted(requests, key=lambda r: (r.sample_index, rows.index(next(x for x in rows if x["prompt_id"] == r.prompt_id))))
+    chosen = requests[:count]
+    return [r.prompt_ids for r in chosen], [sample_seed(SEED, r.prompt_id, r.sample_index, 0) for r in chosen]
+
+
+def finished_length(tokens: list[int], stops: set[int]) -> int:
+    for index, token in enumerate(tokens):
+        if token in stops:
+            return index + 1
+    return len(tokens)
+
+
+def run_generate(model, prompts, *, batch: int, new_tokens: int, stop_ids: list[int], pad_id: int) -> int:
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    tokens = 0
+    for start in range(0, len(order), batch):
+        chunk = [prompts[i] for i in order[start:start + batch]]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt in enumerate(chunk):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_p=0.9, top_k=0,
+                                 max_new_tokens=new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id)
+        for row in out[:, width:].tolist():
+            tokens += finished_length(row, set(stop_ids))
+    return tokens
+
+
+def worker(impl: str, batch: int, new_tokens: int) -> dict:
+    import torch
+
+    from drift.config import ModelConfig, SamplerConfig
+    from drift.model import ensure_embedded_smollm2, load_model, load_tokenizer
+    from drift.sampler.process import choose_engine, hf_generate_fn, stop_token_ids
+
+    torch.manual_seed(SEED)
+    checkpoint = str(ensure_embedded_smollm2())
+    model_cfg = ModelConfig(name="smollm2", name_or_path=checkpoint)
+    tokenizer = load_tokenizer(model_cfg, source=checkpoint)
+    dtype = torch.bfloat16 if impl == "ours_bf16" else torch.float32
+    model = load_model(model_cfg, dtype=dtype, seed=SEED, source=checkpoint).eval()
+    model.config.use_cache = True
+    prompts, seeds = benchmark_prompts(tokenizer, max(4, 2 * batch))
+    stop_ids = stop_token_ids(tokenizer, checkpoint)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    engine = None
+    started = time.perf_counter()
+    if impl == "generate":
+        tokens = run_generate(model, prompts, batch=batch, new_tokens=new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+        cut = None
+    else:
+        cfg = SamplerConfig(max_new_tokens=new_tokens, batch_size=batch, engine="loop" if impl == "ours_loop" else "auto")
+        engine, _ = choose_engine(model, cfg.engine)
+
+        class Quiet:
+            def expect(self, samples):
+                pass
+
+            def advance(self, samples, tokens):
+                pass
+
+        generations = hf_generate_fn(model, cfg, stop_ids, pad_id, Quiet(), engine)(prompts, seeds)
+        tokens = sum(g.generated_tokens for g in generations)
+        cut = sum(g.finish_reason == "length" for g in generations)
+    seconds = time.perf_counter() - started
+    return {"impl": impl, "engine": engine, "batch": batch, "new_tokens": new_tokens, "prompts": len(prompts),
+            "prompt_tokens_min": min(map(len, prompts)), "prompt_tokens_max": max(map(len, prompts)),
+            "finished_tokens": tokens, "cut_replies": cut, "seconds": round(seconds, 2),
+            "tokens_per_second": round(tokens / seconds, 1), "peak_rss_gb": round(peak_rss_bytes() / 1e9, 2),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def read_bandwidth_gbps() -> float:
+    """Bytes/s of a sum over 1 GB of fp32 (well past the caches), best of 5, all threads."""
+    import torch
+
+    data = torch.randn(250_000_000)
+    data.sum()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=["ours", "ours_bf16", "generate"])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "BATCH", "NEW_TOKENS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        impl, batch, new_tokens = args.worker
+        print(json.dumps(worker(impl, int(batch), int(new_tokens))))
+        return
+
+    import torch
+
+    bandwidth = read_bandwidth_gbps()
+    print(f"memory read bandwidth: {bandwidth:.1f} GB/s ({torch.get_num_threads()} threads)", flush=True)
+    results = []
+    for new_tokens in args.new_tokens:
+        for batch in args.batches:
+            for impl in args.impls:
+                command = [sys.executable, __file__, "--worker", impl, str(batch), str(new_tokens)]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+                if done.returncode != 0:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{impl} batch {batch} new_tokens {new_tokens} failed")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                steps_bound = bandwidth * 1e9 / row.pop("weight_bytes")
+                row["bound_tokens_per_second"] = round(steps_bound * batch, 1)
+                results.append(row)
+                print(f"{impl:<10} batch {batch:>2} new {new_tokens:>3}: {row['tokens_per_second']:>7.1f} tok/s "
+                      f"({row['finished_tokens']} tokens in {row['seconds']:.1f} s, peak RSS {row['peak_rss_gb']:.2f} GB, "
+                      f"bound {row['bound_tokens_per_second']:.0f} tok/s)", flush=True)
+
+    def rate(impl, batch, new_tokens):
+        return next((r["tokens_per_second"] for r in results
+                     if (r["impl"], r["batch"], r["new_tokens"]) == (impl, batch, new_tokens)), None)
+
+    print(f"\n{'new':>4} {'batch':>5} " + " ".join(f"{impl:>10}" for impl in args.impls) + "   ours/generate  bf16/generate")
+    speedups = []
+    for new_tokens in args.new_tokens:
+        for batch in args.batches:
+            cells = [rate(impl, batch, new_tokens) for impl in args.impls]
+            base = rate("generate", batch, new_tokens)
+            ratios = [f"{rate(i, batch, new_tokens) / base:>6.2f}x" if base and rate(i, batch, new_tokens) else "     -"
+                      for i in ("ours", "ours_bf16")]
+            speedups.append({"batch": batch, "new_tokens": new_tokens,
+                             **{f"{i}_over_generate": round(rate(i, batch, new_tokens) / base, 2)
+                                for i in ("ours", "ours_bf16", "ours_loop") if base and rate(i, batch, new_tokens)}})
+            print(f"{new_tokens:>4} {batch:>5} " + " ".join(f"{c:>10.1f}" if c else f"{'-':>10}" for c in cells)
+                  + "   " + "        ".join(ratios))
+    from drift.data.files import write_text_atomic
+
+    out = args.out or ROOT / "benchmarks" / "results" / "sampler_throughput_cpu.json"
+    write_text_atomic(out, json.dumps({
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "memory_read_bandwidth_gbps": round(bandwidth, 1),
+        "settings": {"model": "SmolLM2-135M-Instruct (embedded)", "temperature": 0.7, "top_p": 0.9,
+                     "prompts": "fixture guided DRIFT prompts, chat template, 2 samples each, max(4, 2 x batch) per run"},
+        "results": results, "speedups": speedups,
+    }, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
