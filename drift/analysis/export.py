@@ -87,10 +87,10 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, SamplerConfig]:
                 raise ExportError(f"{key} must be an integer, got {args[key]!r}") from None
             if args[key] < 1:
                 raise ExportError(f"{key} must be >= 1, got {args[key]}")
-    return args, _sampler_config(args["sampler"], sampler_values, sampler_fields)
+    return args, _sampler_config(args["sampler"], sampler_values)
 
 
-def _sampler_config(backend: str, values: dict[str, str], fields: dict) -> SamplerConfig:
+def _sampler_config(backend: str, values: dict[str, str]) -> SamplerConfig:
     from drift.sampler.process import sampler_config_from_text
 
     try:
