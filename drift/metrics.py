@@ -7,10 +7,10 @@ the training-dynamics analysis: distributions of sigma(-s), not only their means
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from drift.config import LoggingConfig
+from drift.io import read_jsonl, write_jsonl_atomic
 
 
 PAIR_METRICS = "pair_metrics.jsonl"
@@ -20,10 +20,7 @@ def _drop_steps_after(path: Path, step: int) -> None:
     """A resumed run rewrites the steps after its checkpoint: drop what a killed run logged past it."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
 
 
 def _append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -77,4 +74,4 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)

@@ -16,27 +16,19 @@ import numpy as np
 import torch
 
 from drift.config import Config
-from drift.data.files import write_jsonl_atomic, write_text_atomic
 from drift.data.records import PreferencePair, Records
+from drift.io import DONE, mark_done, read_done, read_jsonl, write_json_atomic, write_jsonl_atomic
 from drift.methods import build_pairs, sample_requests, uses_feedback_records
 from drift.metrics import read_metrics
 from drift.model import TINY_PREFIX, load_model, load_tokenizer, resolve_source, save_hf_checkpoint
 from drift.parallel import Runtime, barrier, init_runtime
 from drift.tokenize import tokenize_pairs
-from drift.train import DONE, Stage, train_stage
+from drift.train import Stage, train_stage
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def mark_done(folder: Path, summary: dict) -> None:
-    write_text_atomic(folder / DONE, json.dumps(summary) + "\n")
 
 
 def initial_model_source(config: Config, run_dir: Path, runtime: Runtime) -> str:
@@ -121,8 +113,7 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
 
         kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
         check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
-        write_text_atomic(folder / "guidance_check.json", json.dumps({"scorer": scorer_name, "guidance": config.data.guidance,
-                                                                      **check}, indent=2) + "\n")
+        write_json_atomic(folder / "guidance_check.json", {"scorer": scorer_name, "guidance": config.data.guidance, **check})
         print(format_check(check, f"{folder.parent.name}, data.guidance={config.data.guidance}, {scorer_name}"), flush=True)
     return samples, unfinished, check
 
@@ -191,7 +182,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         pairs, data_stats = _tokenize(config, tokenizer, records.seed_pairs, folder / "data", runtime)
         stage = Stage("warmstart", folder / "train", pairs, initial, initial, config.method.warmstart_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
+        summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder)}
 
     for iteration in range(1, config.method.iterations + 1):
         folder = run_dir / f"iter_{iteration}"
@@ -202,7 +193,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         stage = Stage(f"iter_{iteration}", folder / "train", tokenized, policy, reference, config.method.iteration_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
         summary["stages"][f"iter_{iteration}"] = {**data_stats, **sampling_counts(folder / "sample"),
-                                                  **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder / DONE)}
+                                                  **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder)}
         if check is not None:
             summary["stages"][f"iter_{iteration}"]["guidance_check"] = check["overall"]
 
@@ -212,7 +203,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
                                              for name, folder in trained_stages(config)]
         summary["heldout"] = heldout_stage(config, checkpoints if config.eval.stages == "all" else checkpoints[-1:])
     if runtime.is_main:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
 
@@ -243,10 +234,10 @@ def sampling_counts(folder: Path) -> dict:
     return {"samples": report["samples"], "samples_rejected_by_reason": report["rejects_by_reason"]}
 
 
-def _stage_summary(history: list[dict], done_file: Path | None = None) -> dict:
+def _stage_summary(history: list[dict], stage_folder: Path | None = None) -> dict:
     if not history:
         return {}
-    done = json.loads(done_file.read_text()) if done_file is not None and done_file.exists() else {}
+    done = (read_done(stage_folder) if stage_folder is not None else None) or {}
     last = history[-1]
     keys = ("loss", "margin", "accuracy", "gradient_weight", "chosen_reward", "rejected_reward", "grad_norm")
     epoch_means = {f"mean_{key}": sum(r[key] for r in history) / len(history) for key in ("loss", "margin", "accuracy", "gradient_weight")}

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from drift.parallel import Runtime, barrier, sequence_logps
+from drift.io import write_json_atomic
+from drift.parallel import Runtime, SequenceLogprobModel, barrier, sequence_logps, shard
 from drift.tokenize import TokenSequence, collate_sequences
 
 
@@ -71,11 +71,7 @@ class ReferenceCache:
     def update(self, values: dict[str, float], runtime: Runtime) -> None:
         self.values.update(values)
         if runtime.is_main:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            with os.fdopen(handle, "w") as stream:
-                json.dump(self.values, stream)
-            os.replace(staging, self.path)
+            write_json_atomic(self.path, self.values, indent=None)
         barrier(runtime)
 
 
@@ -135,9 +131,61 @@ def remember_fingerprint(folder: Path, source: str, fingerprint: str, runtime: R
         path = _fingerprints_file(folder)
         known = json.loads(path.read_text()) if path.exists() else {}
         known[source] = fingerprint
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=".fingerprints.", dir=path.parent)
-        with os.fdopen(handle, "w") as stream:
-            json.dump(known, stream, indent=1)
-        os.replace(staging, path)
+        write_json_atomic(path, known, indent=1)
     barrier(runtime)
+
+
+def fingerprint_and_remember(model: nn.Module, folder: Path, source: str | None, runtime: Runtime) -> str:
+    """The weights fingerprint of an unsharded model, recorded for its source (when it has one)."""
+    fingerprint = weights_fingerprint(model, runtime)
+    if source is not None:
+        remember_fingerprint(folder, source, fingerprint, runtime)
+    return fingerprint
+
+
+def fill_reference_cache(
+    sequences: list[TokenSequence],
+    folder: Path,
+    *,
+    source: str | None,
+    recorded_fingerprint: str,
+    start_policy: SequenceLogprobModel | None,
+    load_reference: Callable[[], SequenceLogprobModel],
+    runtime: Runtime,
+    batch_size: int,
+    pad_id: int,
+    stage_name: str,
+) -> tuple[ReferenceCache, int]:
+    """A cache holding every one of ``sequences``, and how many the reference had to run.
+
+    ``source`` is where the reference model lives (None: the configured model) and
+    ``recorded_fingerprint`` its fingerprint as far as this stage knows ("" when unknown).
+    ``start_policy`` is the already sharded policy when it still is the reference (a fresh start
+    whose reference is the starting policy): it runs the missing forwards, so no second model is
+    loaded. Otherwise ``load_reference()`` builds the reference, which is freed after.
+    """
+    if not recorded_fingerprint and source is not None:
+        # e.g. method.reference=initial: the initial model's fingerprint is known from an earlier stage
+        recorded_fingerprint = known_fingerprint(folder, source) or ""
+    if recorded_fingerprint:
+        cache = ReferenceCache(folder, recorded_fingerprint)
+        missing = cache.missing(sequences)
+        if not missing:
+            return cache, 0
+        if start_policy is not None:
+            cache.update(compute_sequence_logps(start_policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+            return cache, len(missing)
+    reference = load_reference()
+    fingerprint = fingerprint_and_remember(reference.causal_lm, folder, source, runtime)
+    if recorded_fingerprint and recorded_fingerprint != fingerprint:
+        raise RuntimeError(
+            f"stage {stage_name}: the reference model at {source!r} changed since this run started "
+            f"(fingerprint {fingerprint} != {recorded_fingerprint}); start a new run_name"
+        )
+    reference.requires_grad_(False)
+    reference = shard(reference, runtime)
+    cache = ReferenceCache(folder, fingerprint)
+    missing = cache.missing(sequences)
+    if missing:
+        cache.update(compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+    return cache, len(missing)  # the reference model goes out of scope here and is freed

@@ -6,24 +6,9 @@ AutoModelForSequenceClassification with a single output works, by hub name or lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class RewardConfig:
-    model: str = "OpenAssistant/reward-model-deberta-v3-large-v2"
-    batch_size: int = 8
-    max_length: int = 1024
-    local_files_only: bool = True
-    trust_remote_code: bool = False
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"reward.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_length < 8:
-            raise ValueError(f"reward.max_length must be >= 8, got {self.max_length}")
+from drift.config import RewardConfig
 
 
 def prompt_text(messages) -> str:

@@ -1,36 +1,35 @@
-"""One DPO training stage: a plain loop, top to bottom, the same single-process and under torchrun.
+"""One DPO training stage: a plain loop over named phases, the same single-process and under torchrun.
 
-get the step's pairs -> forward chosen+rejected in one batch -> DPO + NLL loss -> backward
-(accumulating) -> clip -> check finite -> step -> log -> maybe checkpoint.
+``train_stage`` is the loop: get the step's pairs -> ``train_step`` (forward chosen+rejected in one
+batch, DPO + NLL loss, backward, accumulating over micro-batches; the step's sums reduced across
+ranks) -> clip -> check finite -> optimizer step -> ``log`` -> maybe ``checkpoint``; then ``finish``.
+``StageTrainer`` holds what the phases share; ``StageTrainer.setup`` builds it (resuming from the
+stage's checkpoint when there is one).
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import math
-import os
 import resource
 import shutil
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from drift.checkpoint import CHECKPOINT, TrainerState, find_checkpoint, load_optimizer, read_state, save_checkpoint, save_policy
-from drift.config import Config
-from drift.loss import dpo_loss
+from drift.config import Config, ModelConfig, TrainerConfig
+from drift.io import DONE, mark_done
+from drift.loss import DpoTerms, dpo_loss
 from drift.metrics import MetricsLog
 from drift.model import load_model
 from drift.parallel import (
     Runtime, SequenceLogprobModel, all_reduce_sum, barrier, gather_objects, sequence_logps, set_gradient_sync, shard,
 )
-from drift.reference import ReferenceCache, compute_sequence_logps, known_fingerprint, remember_fingerprint, weights_fingerprint
+from drift.reference import ReferenceCache, fill_reference_cache, fingerprint_and_remember
 from drift.tokenize import TokenizedPair, collate_sequences
-
-DONE = "done"
 
 
 class NonFiniteError(RuntimeError):
@@ -105,6 +104,85 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# ---- the step's statistics ----------------------------------------------------------------------
+
+
+@dataclass
+class StepStats:
+    """Sums over one optimizer step's pairs: this rank's share while the step runs, every rank's
+    after ``reduced``. The counts (pairs, chosen tokens) are summed too, so a step's means
+    (``step_record``) need nothing but the reduced stats."""
+
+    loss: float = 0.0  # the pairs' DPO losses
+    chosen_reward: float = 0.0
+    rejected_reward: float = 0.0
+    margin: float = 0.0
+    correct_pairs: float = 0.0  # pairs with margin > 0: divided by the pairs, the accuracy
+    gradient_weight: float = 0.0  # sigma(-s), how hard each pair still pulls
+    chosen_nll: float = 0.0  # minus the chosen responses' summed token log-probs (the NLL term)
+    chosen_tokens: float = 0.0  # the chosen responses' tokens: the NLL's normalizer
+    tokens: float = 0.0  # non-padding tokens forwarded
+    padding_tokens: float = 0.0
+    pairs: float = 0.0
+
+    @classmethod
+    def of_forward(cls, terms: DpoTerms, chosen_token_logp_sum: torch.Tensor, chosen_tokens: int, num_tokens: int,
+                   num_padding: int, num_pairs: int) -> StepStats:
+        return cls(
+            loss=terms.losses.detach().sum().item(),
+            chosen_reward=terms.chosen_rewards.sum().item(),
+            rejected_reward=terms.rejected_rewards.sum().item(),
+            margin=terms.margins.sum().item(),
+            correct_pairs=(terms.margins > 0).sum().item(),
+            gradient_weight=terms.gradient_weights.sum().item(),
+            chosen_nll=-chosen_token_logp_sum.item(),
+            chosen_tokens=chosen_tokens,
+            tokens=num_tokens,
+            padding_tokens=num_padding,
+            pairs=num_pairs,
+        )
+
+    def plus(self, other: StepStats, weight: float = 1.0) -> StepStats:
+        """self + weight * other, field by field (in float64, as the reduced tensor holds them)."""
+        return StepStats(*(mine + weight * theirs for mine, theirs in zip(self._values(), other._values())))
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.tensor(self._values(), dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> StepStats:
+        return cls(*values.tolist())
+
+    def reduced(self, runtime: Runtime) -> StepStats:
+        """Summed over every rank, all fields in one collective."""
+        return StepStats.from_tensor(all_reduce_sum(self.to_tensor().to(runtime.device), runtime).cpu())
+
+    def _values(self) -> list[float]:
+        return [float(getattr(self, f.name)) for f in fields(self)]
+
+
+def step_record(stats: StepStats, *, grad_norm: float, lr: float, seconds: float) -> dict:
+    """The metrics.jsonl fields of a step after its stage, step and epoch (analyses read these names):
+    means over the step's pairs (the NLL over its chosen tokens) of the reduced sums."""
+    num_pairs = stats.pairs
+    return {
+        "loss": stats.loss / num_pairs,
+        "nll": stats.chosen_nll / max(1, stats.chosen_tokens),
+        "chosen_reward": stats.chosen_reward / num_pairs,
+        "rejected_reward": stats.rejected_reward / num_pairs,
+        "margin": stats.margin / num_pairs,
+        "accuracy": stats.correct_pairs / num_pairs,
+        "gradient_weight": stats.gradient_weight / num_pairs,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "pairs": int(stats.pairs),
+        "tokens": int(stats.tokens),
+        "padding_share": stats.padding_tokens / max(1.0, stats.tokens + stats.padding_tokens),
+        "tokens_per_second": stats.tokens / seconds,
+        "seconds": seconds,
+    }
+
+
 # ---- the stage ----------------------------------------------------------------------------------
 
 
@@ -121,248 +199,285 @@ class Stage:
     reference_cache_dir: Path
 
 
-def _build_policy(config: Config, runtime: Runtime, source: str | None, vocab_size: int) -> SequenceLogprobModel:
-    causal_lm = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, source=source, vocab_size=vocab_size)
-    return SequenceLogprobModel(
-        causal_lm, config.trainer.logprob_impl, packed=config.trainer.packing, share_prompts=config.trainer.share_prompts
-    )
+def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_config: dict | None = None) -> Path:
+    """Train one stage to completion (resuming if it was interrupted); returns the final model folder."""
+    if (stage.folder / DONE).exists():
+        return stage.folder / "model"
+    trainer = StageTrainer.setup(config, runtime, stage, tokenizer, run_config)
+    while trainer.state.global_step < trainer.total_steps:
+        epoch, step_pairs = trainer.next_step_pairs()
+        started = time.perf_counter()
+        stats, pair_rows = trainer.train_step(step_pairs)
+        grad_norm = trainer.clip_gradients()
+        trainer.check_finite(stats, grad_norm, step_pairs)
+        lr = trainer.optimizer_step()
+        trainer.log(epoch, stats, pair_rows, grad_norm=grad_norm, lr=lr, seconds=time.perf_counter() - started)
+        if trainer.checkpoint_due():
+            trainer.checkpoint()
+    return trainer.finish()
 
 
-def _ensure_reference(config, runtime, stage: Stage, policy, fresh_start: bool, state: TrainerState, tokenizer) -> ReferenceCache:
-    """Fill the on-disk cache for every sequence of the stage; a separate reference model is freed after.
+@dataclass
+class StageTrainer:
+    """What the phases of one stage share: the sharded policy, its optimizer, the reference cache."""
 
-    On a fresh start whose reference is the starting policy, the (already sharded) policy itself
-    runs the reference forwards: it has not moved yet, so no second model is loaded.
-    """
-    sequences = [seq for pair in stage.pairs for seq in (pair.chosen, pair.rejected)]
-    batch_size = 2 * config.trainer.per_device_batch_size
-    pad_id = tokenizer.pad_token_id
-    source = stage.reference_source if stage.reference_source is not None else stage.init_source
-    if not state.reference_fingerprint and source is not None:
-        # e.g. method.reference=initial: the initial model's fingerprint is known from an earlier stage
-        state.reference_fingerprint = known_fingerprint(stage.reference_cache_dir, source) or ""
-    if state.reference_fingerprint:
-        cache = ReferenceCache(stage.reference_cache_dir, state.reference_fingerprint)
-        missing = cache.missing(sequences)
-        if not missing:
-            return cache
-        if fresh_start and _reference_is_start(stage):
-            cache.update(compute_sequence_logps(policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
-            state.reference_sequences += len(missing)
-            return cache
-    reference = _build_policy(config, runtime, source, len(tokenizer))
-    fingerprint = weights_fingerprint(reference.causal_lm, runtime)
-    if source is not None:
-        remember_fingerprint(stage.reference_cache_dir, source, fingerprint, runtime)
-    if state.reference_fingerprint and state.reference_fingerprint != fingerprint:
-        raise RuntimeError(
-            f"stage {stage.name}: the reference model at {source!r} changed since this run started "
-            f"(fingerprint {fingerprint} != {state.reference_fingerprint}); start a new run_name"
+    stage: Stage
+    runtime: Runtime
+    trainer_cfg: TrainerConfig
+    model_cfg: ModelConfig
+    beta: float
+    rpo_alpha: float
+    tokenizer: object
+    state: TrainerState
+    policy: SequenceLogprobModel
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    cache: ReferenceCache
+    metrics: MetricsLog
+    progress: object | None  # a tqdm bar on rank 0 when logging.progress_bar
+    pair_tokens: list[int]  # chosen + rejected tokens of each pair, for the forwards' token budget
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    # -- setup --
+
+    @classmethod
+    def setup(cls, config: Config, runtime: Runtime, stage: Stage, tokenizer, run_config: dict | None) -> StageTrainer:
+        """Load (or resume) the policy, shard it, build its optimizer and fill the reference cache."""
+        t = config.trainer
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        checkpoint = find_checkpoint(stage.folder)
+        if checkpoint is not None and not config.resume:
+            raise RuntimeError(f"{stage.folder} already holds a checkpoint; pass resume=true to continue it or choose another run_name")
+        state = read_state(checkpoint) if checkpoint is not None else TrainerState()
+        policy = _build_policy(config.model, t, str(checkpoint) if checkpoint else stage.init_source, len(tokenizer))
+        fresh_start_from_reference = checkpoint is None and _reference_is_start(stage)
+        if fresh_start_from_reference:
+            # fingerprint the full weights before sharding; the starting policy is the reference
+            state.reference_fingerprint = fingerprint_and_remember(
+                policy.causal_lm, stage.reference_cache_dir, stage.init_source, runtime
+            )
+        policy = shard(policy, runtime)
+        # the optimizer must see the sharded parameters: build it before any forward unshards them
+        parameters = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = build_optimizer(t.optimizer, parameters, t.lr)
+        if checkpoint is not None:
+            load_optimizer(policy, optimizer, checkpoint)
+        cache = _fill_reference(config, runtime, stage, tokenizer, state, policy if fresh_start_from_reference else None)
+        policy.train()
+
+        global_batch = t.per_device_batch_size * runtime.world_size * t.grad_accum_steps
+        steps_per_epoch = math.ceil(len(stage.pairs) / global_batch)
+        total_steps = steps_per_epoch * stage.epochs
+        metrics = MetricsLog(
+            stage.folder / "metrics.jsonl", config.logging, enabled=runtime.is_main,
+            run_name=f"{config.run_name}-{stage.name}", config=run_config, resume_after_step=state.global_step,
         )
-    reference.requires_grad_(False)
-    reference = shard(reference, runtime)
-    cache = ReferenceCache(stage.reference_cache_dir, fingerprint)
-    missing = cache.missing(sequences)
-    if missing:
-        cache.update(compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
-        state.reference_sequences += len(missing)
-    del reference
-    state.reference_fingerprint = fingerprint
-    return cache
+        progress = None
+        if runtime.is_main and config.logging.progress_bar:
+            from tqdm import tqdm
+
+            progress = tqdm(total=total_steps, initial=state.global_step, desc=stage.name, dynamic_ncols=True)
+        pair_tokens = [len(pair.chosen) + len(pair.rejected) for pair in stage.pairs]
+        return cls(stage, runtime, t, config.model, config.method.beta, config.method.rpo_alpha, tokenizer, state, policy,
+                   parameters, optimizer, cache, metrics, progress, pair_tokens, global_batch, steps_per_epoch, total_steps)
+
+    # -- the step --
+
+    def next_step_pairs(self) -> tuple[int, list[int]]:
+        """The epoch and the pair indices of the next step: a function of the step number and the seed only,
+        so a resumed run trains the same pairs in the same order."""
+        epoch, step_in_epoch = divmod(self.state.global_step, self.steps_per_epoch)
+        order = epoch_order(len(self.stage.pairs), self.trainer_cfg.seed, epoch)
+        return epoch, order[step_in_epoch * self.global_batch : (step_in_epoch + 1) * self.global_batch]
+
+    def train_step(self, step_pairs: list[int]) -> tuple[StepStats, list[dict]]:
+        """Forward and backward this rank's share of the step's pairs, accumulating gradients.
+
+        Returns the step's sums reduced over every rank, and this rank's per-pair terms (for
+        pair_metrics.jsonl). The loss normalizers are the whole global step's, known to every
+        rank without communication.
+        """
+        pairs = self.stage.pairs
+        num_pairs = len(step_pairs)
+        num_chosen_tokens = sum(len(pairs[i].chosen.response_ids) for i in step_pairs)
+        t = self.trainer_cfg
+        plans = plan_forwards(step_pairs, self.pair_tokens, self.runtime.world_size, t.grad_accum_steps, t.max_tokens_per_forward)
+        forwards = plans[self.runtime.rank]
+        stats, pair_rows = StepStats(), []
+        try:
+            for forward_index, indices in enumerate(forwards):
+                # an empty slot still runs forward/backward (FSDP collectives) on a zero-weight pair
+                weight = 1.0 if indices else 0.0
+                indices = indices or [step_pairs[0]]
+                # gradients are reduced across ranks once, in the step's last backward
+                set_gradient_sync(self.policy, forward_index == len(forwards) - 1)
+                forward_stats, terms = self._forward_backward(indices, weight, num_pairs, num_chosen_tokens)
+                stats = stats.plus(forward_stats, weight)
+                if weight:
+                    pair_rows.extend(_pair_rows([pairs[i].pair_id for i in indices], terms))
+        except torch.OutOfMemoryError as error:
+            raise _oom_advice(error, t, self.model_cfg) from error
+        return stats.reduced(self.runtime), pair_rows
+
+    def _forward_backward(self, indices: list[int], weight: float, num_pairs: int,
+                          num_chosen_tokens: int) -> tuple[StepStats, DpoTerms]:
+        pairs, policy = self.stage.pairs, self.policy
+        chosen = [pairs[i].chosen for i in indices]
+        rejected = [pairs[i].rejected for i in indices]
+        batch = collate_sequences(
+            chosen + rejected, self.tokenizer.pad_token_id, packed=policy.packed, share_prompts=policy.share_prompts
+        ).to(self.runtime.device)
+        totals, token_logps = sequence_logps(policy, batch)
+        k = len(indices)
+        reference_chosen = torch.tensor([self.cache.lookup(s) for s in chosen], dtype=totals.dtype, device=totals.device)
+        reference_rejected = torch.tensor([self.cache.lookup(s) for s in rejected], dtype=totals.dtype, device=totals.device)
+        terms = dpo_loss(totals[:k], totals[k:], reference_chosen, reference_rejected, self.beta)
+        chosen_token_logp_sum = token_logps[batch.target_sequence < k].sum()
+        # FSDP averages gradients over ranks, hence the world_size factor: the result is the
+        # mean over the global step's pairs (and chosen tokens for the NLL term)
+        loss = weight * self.runtime.world_size * (
+            terms.losses.sum() / num_pairs - self.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
+        )
+        loss.backward()
+        chosen_tokens = sum(len(sequence.response_ids) for sequence in chosen)
+        stats = StepStats.of_forward(terms, chosen_token_logp_sum, chosen_tokens, batch.num_tokens, batch.num_padding, k)
+        return stats, terms
+
+    def clip_gradients(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.trainer_cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        return float(grad_norm)
+
+    def check_finite(self, stats: StepStats, grad_norm: float, step_pairs: list[int]) -> None:
+        """Stop before the optimizer step (and so before any checkpoint) when the step is not finite."""
+        loss = stats.loss / stats.pairs
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        epoch, step_in_epoch = divmod(self.state.global_step, self.steps_per_epoch)
+        pair_ids = [self.stage.pairs[i].pair_id for i in step_pairs]
+        raise NonFiniteError(
+            f"stage {self.stage.name}, step {self.state.global_step} (epoch {epoch}, batch {step_in_epoch}): "
+            f"loss={loss}, grad_norm={grad_norm}; pairs {pair_ids}. Nothing was saved for this step; "
+            f"lower trainer.lr or check these pairs"
+        )
+
+    def optimizer_step(self) -> float:
+        """Step at this step's learning rate and advance the state; returns the learning rate."""
+        t = self.trainer_cfg
+        lr = lr_at(self.state.global_step, self.total_steps, t.lr, t.warmup_ratio, t.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        self.state.epoch, self.state.step_in_epoch = divmod(self.state.global_step, self.steps_per_epoch)
+        return lr
+
+    # -- log, checkpoint, finish --
+
+    def log(self, epoch: int, stats: StepStats, pair_rows: list[dict], *, grad_norm: float, lr: float, seconds: float) -> None:
+        step = self.state.global_step
+        record = {
+            "stage": self.stage.name, "step": step, "epoch": epoch,
+            **step_record(stats, grad_norm=grad_norm, lr=lr, seconds=seconds),
+            "peak_memory_gb": peak_memory_bytes(self.runtime.device) / 1e9,
+        }
+        self.metrics.log(record)
+        self.metrics.log_pairs(step, epoch, gather_objects(pair_rows, self.runtime))
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['margin']:.4f}", acc=f"{record['accuracy']:.2f}")
+
+    def checkpoint_due(self) -> bool:
+        """Every trainer.save_every_steps steps, and at the end of every epoch but the last
+        (the last one ends in finish(), which saves the final model instead)."""
+        step, every = self.state.global_step, self.trainer_cfg.save_every_steps
+        end_of_epoch = step % self.steps_per_epoch == 0
+        return bool(every and step % every == 0) or (end_of_epoch and step < self.total_steps)
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.policy, self.optimizer, self.tokenizer, self.state, self.stage.folder, self.runtime)
+
+    def finish(self) -> Path:
+        """Save the final model, free the trainer's memory, then write ``done``; returns the model folder."""
+        if self.progress is not None:
+            self.progress.close()
+        self.metrics.close()
+        final_model = self.stage.folder / "model"
+        save_policy(self.policy, self.tokenizer, final_model, self.runtime)
+        # the sampler process runs next and needs the memory: drop weights and optimizer state now
+        del self.optimizer, self.parameters, self.policy
+        gc.collect()
+        if self.runtime.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.runtime.is_main:
+            state = self.state
+            mark_done(self.stage.folder, {
+                "steps": state.global_step,
+                "pairs": len(self.stage.pairs),
+                "reference_fingerprint": state.reference_fingerprint,
+                # sequences the frozen reference actually ran (cache misses), and the time it took
+                "reference_sequences": state.reference_sequences,
+                "reference_seconds": state.reference_seconds,
+            })
+            # the stage is finished: its resumable state (weights + optimizer) is no longer needed
+            for leftover in (CHECKPOINT, CHECKPOINT + ".old"):
+                shutil.rmtree(self.stage.folder / leftover, ignore_errors=True)
+        barrier(self.runtime)
+        return final_model
+
+
+# ---- setup helpers ------------------------------------------------------------------------------
+
+
+def _build_policy(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, source: str | None, vocab_size: int) -> SequenceLogprobModel:
+    causal_lm = load_model(model_cfg, dtype=torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
+    return SequenceLogprobModel(
+        causal_lm, trainer_cfg.logprob_impl, packed=trainer_cfg.packing, share_prompts=trainer_cfg.share_prompts
+    )
 
 
 def _reference_is_start(stage: Stage) -> bool:
     return stage.reference_source is None or stage.reference_source == stage.init_source
 
 
-def _oom_advice(error: Exception, config: Config) -> RuntimeError:
-    t = config.trainer
+def _fill_reference(config: Config, runtime: Runtime, stage: Stage, tokenizer, state: TrainerState,
+                    start_policy: SequenceLogprobModel | None) -> ReferenceCache:
+    """The reference cache for every sequence of the stage; the time and forwards it took go into the state."""
+    started = time.perf_counter()
+    source = stage.reference_source if stage.reference_source is not None else stage.init_source
+    cache, computed = fill_reference_cache(
+        [seq for pair in stage.pairs for seq in (pair.chosen, pair.rejected)],
+        stage.reference_cache_dir,
+        source=source,
+        recorded_fingerprint=state.reference_fingerprint,
+        start_policy=start_policy,
+        load_reference=lambda: _build_policy(config.model, config.trainer, source, len(tokenizer)),
+        runtime=runtime,
+        batch_size=2 * config.trainer.per_device_batch_size,
+        pad_id=tokenizer.pad_token_id,
+        stage_name=stage.name,
+    )
+    state.reference_fingerprint = cache.fingerprint
+    state.reference_sequences += computed
+    state.reference_seconds += time.perf_counter() - started
+    return cache
+
+
+def _pair_rows(pair_ids: list[str], terms: DpoTerms) -> list[dict]:
+    return [
+        {"pair_id": pair_id, "logit": s, "chosen_reward": c, "rejected_reward": r}
+        for pair_id, s, c, r in zip(pair_ids, terms.logits.tolist(), terms.chosen_rewards.tolist(), terms.rejected_rewards.tolist())
+    ]
+
+
+def _oom_advice(error: Exception, t: TrainerConfig, model_cfg: ModelConfig) -> RuntimeError:
     return RuntimeError(
         f"out of memory ({error}). Lower trainer.per_device_batch_size (now {t.per_device_batch_size}) and raise "
         f"trainer.grad_accum_steps to keep the global batch, set trainer.max_tokens_per_forward (now "
         f"{t.max_tokens_per_forward}; it splits each micro-batch), lower trainer.max_length (now {t.max_length}), or "
-        f"turn on model.gradient_checkpointing=true (now {config.model.gradient_checkpointing})"
+        f"turn on model.gradient_checkpointing=true (now {model_cfg.gradient_checkpointing})"
     )
-
-
-def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_config: dict | None = None) -> Path:
-    """Train one stage to completion (resuming if it was interrupted); returns the final model folder."""
-    final_model = stage.folder / "model"
-    if (stage.folder / DONE).exists():
-        return final_model
-    stage.folder.mkdir(parents=True, exist_ok=True)
-    t, m = config.trainer, config.method
-    checkpoint = find_checkpoint(stage.folder)
-    if checkpoint is not None and not config.resume:
-        raise RuntimeError(f"{stage.folder} already holds a checkpoint; pass resume=true to continue it or choose another run_name")
-    state = read_state(checkpoint) if checkpoint is not None else TrainerState()
-
-    policy = _build_policy(config, runtime, str(checkpoint) if checkpoint else stage.init_source, len(tokenizer))
-    if checkpoint is None and _reference_is_start(stage):
-        # fingerprint the full weights before sharding; the starting policy is the reference
-        state.reference_fingerprint = weights_fingerprint(policy.causal_lm, runtime)
-        if stage.init_source is not None:
-            remember_fingerprint(stage.reference_cache_dir, stage.init_source, state.reference_fingerprint, runtime)
-    policy = shard(policy, runtime)
-    # the optimizer must see the sharded parameters: build it before any forward unshards them
-    parameters = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = build_optimizer(t.optimizer, parameters, t.lr)
-    if checkpoint is not None:
-        load_optimizer(policy, optimizer, checkpoint)
-    reference_started = time.perf_counter()
-    cache = _ensure_reference(config, runtime, stage, policy, checkpoint is None, state, tokenizer)
-    state.reference_seconds += time.perf_counter() - reference_started
-    policy.train()
-
-    pairs = stage.pairs
-    pair_tokens = [len(pair.chosen) + len(pair.rejected) for pair in pairs]
-    global_batch = t.per_device_batch_size * runtime.world_size * t.grad_accum_steps
-    steps_per_epoch = math.ceil(len(pairs) / global_batch)
-    total_steps = steps_per_epoch * stage.epochs
-    metrics = MetricsLog(
-        stage.folder / "metrics.jsonl", config.logging, enabled=runtime.is_main,
-        run_name=f"{config.run_name}-{stage.name}", config=run_config, resume_after_step=state.global_step,
-    )
-    progress = None
-    if runtime.is_main and config.logging.progress_bar:
-        from tqdm import tqdm
-
-        progress = tqdm(total=total_steps, initial=state.global_step, desc=stage.name, dynamic_ncols=True)
-    # fault injection for resume tests: DRIFT_KILL_AFTER_STEP=<stage>:<step> SIGKILLs this process
-    # right after that step's checkpoint is written
-    kill_stage, _, kill_step = os.environ.get("DRIFT_KILL_AFTER_STEP", "").partition(":")
-    kill_after = int(kill_step) if kill_stage == stage.name and kill_step else 0
-
-    while state.global_step < total_steps:
-        epoch, step_in_epoch = divmod(state.global_step, steps_per_epoch)
-        order = epoch_order(len(pairs), t.seed, epoch)
-        step_pairs = order[step_in_epoch * global_batch : (step_in_epoch + 1) * global_batch]
-        # normalizers for the whole global step, known to every rank without communication
-        num_pairs = len(step_pairs)
-        num_chosen_tokens = sum(len(pairs[i].chosen.response_ids) for i in step_pairs)
-        started = time.perf_counter()
-        sums = torch.zeros(10, dtype=torch.float64)
-        pair_rows = []  # per-pair terms of this rank's pairs, for pair_metrics.jsonl
-        micro_batches = plan_forwards(step_pairs, pair_tokens, runtime.world_size, t.grad_accum_steps, t.max_tokens_per_forward)[runtime.rank]
-        try:
-            for micro_index, indices in enumerate(micro_batches):
-                # an empty slot still runs forward/backward (FSDP collectives) on a zero-weight pair
-                weight = 1.0 if indices else 0.0
-                indices = indices or [step_pairs[0]]
-                chosen = [pairs[i].chosen for i in indices]
-                rejected = [pairs[i].rejected for i in indices]
-                batch = collate_sequences(
-                    chosen + rejected, tokenizer.pad_token_id, packed=policy.packed, share_prompts=policy.share_prompts
-                ).to(runtime.device)
-                set_gradient_sync(policy, micro_index == len(micro_batches) - 1)
-                totals, token_logps = sequence_logps(policy, batch)
-                k = len(indices)
-                reference_chosen = torch.tensor([cache.lookup(s) for s in chosen], dtype=totals.dtype, device=totals.device)
-                reference_rejected = torch.tensor([cache.lookup(s) for s in rejected], dtype=totals.dtype, device=totals.device)
-                terms = dpo_loss(totals[:k], totals[k:], reference_chosen, reference_rejected, m.beta)
-                chosen_token_logp_sum = token_logps[batch.target_sequence < k].sum()
-                # FSDP averages gradients over ranks, hence the world_size factor: the result is the
-                # mean over the global step's pairs (and chosen tokens for the NLL term)
-                loss = weight * runtime.world_size * (
-                    terms.losses.sum() / num_pairs - m.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
-                )
-                loss.backward()
-                if weight:
-                    pair_rows.extend(
-                        {"pair_id": pairs[i].pair_id, "logit": s, "chosen_reward": c, "rejected_reward": r}
-                        for i, s, c, r in zip(
-                            indices, terms.logits.tolist(), terms.chosen_rewards.tolist(), terms.rejected_rewards.tolist()
-                        )
-                    )
-                sums += weight * torch.tensor(
-                    [
-                        terms.losses.detach().sum().item(),
-                        terms.chosen_rewards.sum().item(),
-                        terms.rejected_rewards.sum().item(),
-                        terms.margins.sum().item(),
-                        (terms.margins > 0).sum().item(),
-                        terms.gradient_weights.sum().item(),
-                        -chosen_token_logp_sum.item(),
-                        batch.num_tokens,
-                        batch.num_padding,
-                        k,
-                    ],
-                    dtype=torch.float64,
-                )
-        except torch.OutOfMemoryError as error:
-            raise _oom_advice(error, config) from error
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, t.max_grad_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = float(grad_norm)
-        sums = all_reduce_sum(sums.to(runtime.device), runtime).cpu()
-        loss_value = sums[0].item() / num_pairs
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            pair_ids = [pairs[i].pair_id for i in step_pairs]
-            raise NonFiniteError(
-                f"stage {stage.name}, step {state.global_step} (epoch {epoch}, batch {step_in_epoch}): "
-                f"loss={loss_value}, grad_norm={grad_norm}; pairs {pair_ids}. Nothing was saved for this step; "
-                f"lower trainer.lr or check these pairs"
-            )
-        lr = lr_at(state.global_step, total_steps, t.lr, t.warmup_ratio, t.lr_schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.global_step += 1
-        state.epoch, state.step_in_epoch = divmod(state.global_step, steps_per_epoch)
-        seconds = time.perf_counter() - started
-        record = {
-            "stage": stage.name,
-            "step": state.global_step,
-            "epoch": epoch,
-            "loss": loss_value,
-            "nll": sums[6].item() / max(1, num_chosen_tokens),
-            "chosen_reward": sums[1].item() / num_pairs,
-            "rejected_reward": sums[2].item() / num_pairs,
-            "margin": sums[3].item() / num_pairs,
-            "accuracy": sums[4].item() / num_pairs,
-            "gradient_weight": sums[5].item() / num_pairs,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "pairs": int(sums[9].item()),
-            "tokens": int(sums[7].item()),
-            "padding_share": sums[8].item() / max(1.0, sums[7].item() + sums[8].item()),
-            "tokens_per_second": sums[7].item() / seconds,
-            "seconds": seconds,
-            "peak_memory_gb": peak_memory_bytes(runtime.device) / 1e9,
-        }
-        metrics.log(record)
-        metrics.log_pairs(state.global_step, epoch, gather_objects(pair_rows, runtime))
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", margin=f"{record['margin']:.4f}", acc=f"{record['accuracy']:.2f}")
-        end_of_epoch = state.global_step % steps_per_epoch == 0
-        if (t.save_every_steps and state.global_step % t.save_every_steps == 0) or (end_of_epoch and state.global_step < total_steps):
-            save_checkpoint(policy, optimizer, tokenizer, state, stage.folder, runtime)
-            if kill_after and state.global_step == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-    if progress is not None:
-        progress.close()
-    metrics.close()
-    save_policy(policy, tokenizer, final_model, runtime)
-    # the sampler process runs next and needs the memory: drop weights and optimizer state now
-    del optimizer, parameters, policy
-    gc.collect()
-    if runtime.device.type == "cuda":
-        torch.cuda.empty_cache()
-    if runtime.is_main:
-        summary = {
-            "steps": state.global_step,
-            "pairs": len(pairs),
-            "reference_fingerprint": state.reference_fingerprint,
-            # sequences the frozen reference actually ran (cache misses), and the time it took
-            "reference_sequences": state.reference_sequences,
-            "reference_seconds": state.reference_seconds,
-        }
-        (stage.folder / DONE).write_text(json.dumps(summary) + "\n")
-        # the stage is finished: its resumable state (weights + optimizer) is no longer needed
-        for leftover in (CHECKPOINT, CHECKPOINT + ".old"):
-            shutil.rmtree(stage.folder / leftover, ignore_errors=True)
-    barrier(runtime)
-    return final_model

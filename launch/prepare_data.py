@@ -9,30 +9,32 @@
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from drift.compose import run_app, validated
+from drift.config import PrepareDataConfig
 
 
 @hydra.main(config_path="../conf", config_name="prepare_data", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from drift.data import DataConfig, SchemaError, format_report, load_records, write_records
+    from drift.data import SchemaError, format_report, load_records, write_records
 
-    data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+    config = validated(cfg, PrepareDataConfig, error_prefix="prepare_data")
     tokenizer = None
     try:
-        data_cfg.validate()
-        if cfg.tokenizer:
+        if config.tokenizer:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
-        records = load_records(data_cfg, tokenizer=tokenizer)
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, local_files_only=True)
+        records = load_records(config.data, tokenizer=tokenizer)
     except (ValueError, SchemaError, RuntimeError, OSError) as error:
         # a sentence naming the input and the fix, not a traceback
         print(f"prepare_data: {error}", file=sys.stderr)
         sys.exit(2)
-    paths = write_records(records, cfg.out_dir)
+    paths = write_records(records, config.out_dir)
     print(format_report(records.report))
-    print(f"wrote {', '.join(p.name for p in paths)} to {cfg.out_dir}")
+    print(f"wrote {', '.join(p.name for p in paths)} to {config.out_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main, "prepare_data", PrepareDataConfig, error_prefix="prepare_data")

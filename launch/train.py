@@ -5,30 +5,27 @@
 """
 
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from drift.compose import run_app, validated
+from drift.config import Config
+
+ERROR_PREFIX = "config error"  # "config error: <one sentence>", before anything is loaded
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from drift.config import ConfigError, config_from_dict
     from drift.pipeline import format_summary, run
 
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        config = config_from_dict(raw)
-    except ConfigError as error:
-        # a clean sentence, not a traceback: nothing has been loaded yet
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
-    summary = run(config, HydraConfig.get().runtime.output_dir, raw)
+    config = validated(cfg, Config, error_prefix=ERROR_PREFIX)
+    summary = run(config, HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True))
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary))
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main, "config", Config, error_prefix=ERROR_PREFIX)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from drift.analysis import compose_command, invoke
 from drift.analysis import coverage as command
 from drift.analysis._kde import coverage, grid_axes, high_reward_region, kde_surface, reward_weights, scott_bandwidth, share
-from drift.config import ModelConfig
+from drift.config import ConfigError, ModelConfig
 from drift.model import build_byte_tokenizer, load_model
 
 # ---- the pure core ------------------------------------------------------------------------------
@@ -185,14 +186,14 @@ def test_coverage_command_end_to_end(tmp_path, monkeypatch, capfd):
               "max_prompt_length=64", "sampler.max_new_tokens=8", "sampler.seed=3"]
 
     # one method: the sampler process draws m replies for each of the first `limit` prompts
-    command.run_coverage(command.parse_config([f"checkpoint=drift={policy}", *common, "grid=20", "plots=0"]),
+    command.run_coverage(compose_command("coverage", [f"checkpoint={{drift:'{policy}'}}", *common, "grid=20", "plots=0"]),
                          embed=fake_embed, project=fake_project)
     assert "sampler: 10 samples for 2 prompts" in capfd.readouterr().out
     assert json.loads((out / "coverage.json").read_text())["prompts"][0]["grid_cells"] == 400
     # a second name for the same checkpoint, same sampler keys: the same request, so its samples folder
     # may be a copy (saves a second sampler process here); both are reused, none is sampled again
     shutil.copytree(out / "samples" / "drift", out / "samples" / "copy")
-    cfg = command.parse_config([f"checkpoint=drift={policy}", f"checkpoint=copy={policy}", *common, "grid=30", "plots=1"])
+    cfg = compose_command("coverage", [f"checkpoint={{drift:'{policy}',copy:'{policy}'}}", *common, "grid=30", "plots=1"])
     result = command.run_coverage(cfg, embed=fake_embed, project=fake_project)
     printed = capfd.readouterr().out
     assert printed.count("reusing the samples") == 2 and "sampler:" not in printed
@@ -225,20 +226,20 @@ def test_coverage_command_end_to_end(tmp_path, monkeypatch, capfd):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ([], "give at least one checkpoint=NAME=PATH"),
-    (["checkpoint=a=x"], "give prompts=FILE"),
-    (["checkpoint=a=x", "prompts=p", "colour=red"], "unknown key 'colour'"),
-    (["checkpoint=x", "prompts=p"], "is not NAME=PATH"),
-    (["checkpoint=a=x", "checkpoint=a=y", "prompts=p"], "two checkpoints are named 'a'"),
-    (["checkpoint=a=x", "prompts=p", "sampler.num_samples=4"], "m=..., not sampler.num_samples"),
-    (["checkpoint=a=x", "prompts=p", "m=1"], "m must be >= 2"),
-    (["checkpoint=a=x", "prompts=p", "quantile=1"], "quantile must be in (0, 1)"),
-    (["checkpoint=a=x", "prompts=p", "grid=ten"], "grid='ten' is not an integer"),
-    (["checkpoint=a=x", "prompts=p", "m=4", "m=5"], "m= given twice"),
+    ([], "give at least one checkpoint={NAME:PATH}"),
+    (["checkpoint={a:x}"], "give prompts=FILE"),
+    (["checkpoint={a:x}", "prompts=p", "colour=red"], "unknown key 'colour'"),
+    (["checkpoint=x", "prompts=p"], "is not {NAME:PATH}"),
+    (["checkpoint={a:x}", "checkpoint={a:y}", "prompts=p"], "checkpoint= given twice"),
+    (["checkpoint={a:x}", "prompts=p", "sampler.num_samples=4"], "m=..., not sampler.num_samples"),
+    (["checkpoint={a:x}", "prompts=p", "m=1"], "m must be >= 2"),
+    (["checkpoint={a:x}", "prompts=p", "quantile=1"], "quantile must be in (0, 1)"),
+    (["checkpoint={a:x}", "prompts=p", "grid=ten"], "grid must be an integer, got 'ten'"),
+    (["checkpoint={a:x}", "prompts=p", "m=4", "m=5"], "m= given twice"),
 ])
 def test_command_line_errors_are_sentences(overrides, message):
-    with pytest.raises(command.CoverageInputError) as error:
-        command.parse_config(overrides)
+    with pytest.raises(ConfigError) as error:
+        compose_command("coverage", overrides)
     assert message in str(error.value)
 
 
@@ -247,10 +248,10 @@ def test_missing_inputs_fail_before_any_sampling(tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt_id": "p", "keep_last": 1, "messages": [{"role": "user", "content": "hi"}]}) + "\n")
     base = [f"prompts={prompts}", f"out={tmp_path / 'out'}"]
-    assert command.main([f"checkpoint=a={tmp_path / 'nowhere'}", *base]) == 2
+    assert invoke("coverage", [f"checkpoint={{a:'{tmp_path / 'nowhere'}'}}", *base]) == 2
     assert "no such folder" in capsys.readouterr().err
-    assert command.main([f"checkpoint=a={tmp_path}", *base]) == 2
+    assert invoke("coverage", [f"checkpoint={{a:'{tmp_path}'}}", *base]) == 2
     assert "holds no *.safetensors weights" in capsys.readouterr().err
-    assert command.main([f"checkpoint=a={policy}", *base, f"reward.model={tmp_path / 'no_reward'}"]) == 2
+    assert invoke("coverage", [f"checkpoint={{a:'{policy}'}}", *base, f"reward.model={tmp_path / 'no_reward'}"]) == 2
     assert "reward.model=" in capsys.readouterr().err
     assert not (tmp_path / "out" / "samples").exists()

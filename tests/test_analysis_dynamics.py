@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_stage import main as run_tiny_stage  # noqa: E402
 
-from drift.analysis import dynamics, gradient_check  # noqa: E402
+from drift.analysis import compose_command, dynamics, gradient_check, invoke  # noqa: E402
+from drift.config import ConfigError  # noqa: E402
 
 LN3 = math.log(3.0)
 
@@ -103,15 +104,29 @@ def test_bound_terms_by_hand():
 
 
 def test_overrides_fail_with_a_sentence(capsys):
-    with pytest.raises(dynamics.AnalysisInputError, match="unknown key 'runs'.*known keys: bins, out, run, tau"):
-        dynamics.parse_overrides(["runs=x"], {"run": True, "tau": False, "bins": False, "out": False}, "dynamics")
-    with pytest.raises(dynamics.AnalysisInputError, match="tau= given twice"):
-        dynamics.parse_overrides(["tau=0.1", "tau=0.2"], {"tau": False}, "dynamics")
-    assert dynamics.parse_overrides(["run=a", "run=b"], {"run": True}, "dynamics") == {"run": ["a", "b"]}
-    assert dynamics.main(["run=/no/such/run"]) == 2
-    assert "no such folder" in capsys.readouterr().out
-    assert dynamics.main(["tau=0.5"]) == 2
-    assert "give at least one run=" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="unknown key 'runs'.*known keys: bins, out, run, tau"):
+        compose_command("dynamics", ["runs=x"])
+    with pytest.raises(ConfigError, match="tau= given twice"):
+        compose_command("dynamics", ["tau=0.1", "tau=0.2"])
+    assert compose_command("dynamics", ["run=[a,b]"]).run == ["a", "b"]
+    assert invoke("dynamics", ["run=/no/such/run"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert invoke("dynamics", ["tau=0.5"]) == 2
+    assert "give at least one run=" in capsys.readouterr().err
+
+
+def test_the_command_line_is_a_hydra_app(tmp_path):
+    """--cfg job prints the composed config; a missing value fails with one sentence before anything loads."""
+    import subprocess
+
+    analyze = [sys.executable, str(Path(__file__).resolve().parent.parent / "launch" / "analyze.py")]
+    printed = subprocess.run([*analyze, "coverage", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    assert "m: 128" in printed.stdout and "quantile: 0.8" in printed.stdout and "truncated: keep" in printed.stdout
+    missing = subprocess.run([*analyze, "dynamics", "run="], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert missing.returncode == 2
+    assert missing.stderr == "dynamics: give at least one run=runs/<run_name> (run=[runs/A,runs/B] overlays several)\n"
+    assert not list(tmp_path.iterdir())  # no Hydra folder, no log file
 
 
 # ---- plots from a tiny real stage ---------------------------------------------------------------
@@ -133,7 +148,7 @@ def test_dynamics_plots_and_points_match_the_metrics(tiny_stage, tmp_path):
     shifted = [{**row, "loss": row["loss"] + 10.0} for row in _rows(run_a / "iter_1" / "train" / "metrics.jsonl")]
     (run_a / "iter_1" / "train" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shifted))
     out = tmp_path / "dyn"
-    assert dynamics.main([f"run={run_a}", f"run={run_b}", "tau=0.4", f"out={out}"]) == 0
+    assert invoke("dynamics", [f"run=[{run_a},{run_b}]", "tau=0.4", f"out={out}"]) == 0
 
     result = json.loads((out / "dynamics.json").read_text())
     assert [run["label"] for run in result["runs"]] == ["drift_a", "spin_b"]
@@ -175,7 +190,7 @@ def test_dynamics_plots_and_points_match_the_metrics(tiny_stage, tmp_path):
 def test_dynamics_default_out_is_under_the_first_run(tiny_stage, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_stage, run / "iter_0" / "train", ignore=shutil.ignore_patterns("model", "pair_metrics.jsonl"))
-    assert dynamics.main([f"run={run}"]) == 0
+    assert invoke("dynamics", [f"run={run}"]) == 0
     result = json.loads((run / "analysis" / "dynamics" / "dynamics.json").read_text())
     # without pair_metrics.jsonl: curves, but no σ(−s) distribution
     assert result["runs"][0]["iterations"][0]["pairs_logged"] == 0
@@ -250,7 +265,7 @@ def test_gradient_check_matches_plain_autograd(tmp_path):
     from drift.tokenize import tokenize_pairs
 
     run = _tiny_run(tmp_path)
-    assert gradient_check.main([f"run={run}", "iteration=1", "sample=3", "seed=0", "dtype=fp64", "device=cpu"]) == 0
+    assert invoke("gradient_check", [f"run={run}", "iteration=1", "sample=3", "seed=0", "dtype=fp64", "device=cpu"]) == 0
     result = json.loads((run / "analysis" / "gradient_check" / "iter_1" / "gradient_check.json").read_text())
     assert result["reference"] == str(run / "iter_0" / "train" / "model")  # the policy at iteration 1's start
     assert result["reference_matches_training"] is True
@@ -294,9 +309,9 @@ def test_gradient_check_matches_plain_autograd(tmp_path):
 
 def test_gradient_check_fails_with_a_sentence(tmp_path, capsys):
     run = _tiny_run(tmp_path)
-    assert gradient_check.main([f"run={run}", "iteration=2"]) == 2
-    assert "iteration 2 has not finished training" in capsys.readouterr().out
-    assert gradient_check.main([f"run={run}", "iteration=1", "sample=1"]) == 2
-    assert "sample must be >= 2" in capsys.readouterr().out
-    assert gradient_check.main([f"run={tmp_path}", "iteration=1"]) == 2
-    assert "config.yaml not found" in capsys.readouterr().out
+    assert invoke("gradient_check", [f"run={run}", "iteration=2"]) == 2
+    assert "iteration 2 has not finished training" in capsys.readouterr().err
+    assert invoke("gradient_check", [f"run={run}", "iteration=1", "sample=1"]) == 2
+    assert "sample must be >= 2" in capsys.readouterr().err
+    assert invoke("gradient_check", [f"run={tmp_path}", "iteration=1"]) == 2
+    assert "config.yaml not found" in capsys.readouterr().err

@@ -16,14 +16,15 @@ from drift.tokenize import collate_sequences
 from tests.tiny import synthetic_pairs, tiny_config
 
 SCRIPT = Path(__file__).parent / "tiny_stage.py"
+KILL_AFTER_CHECKPOINT = Path(__file__).parent / "kill_after_checkpoint.py"
 
 
 def _stage(out: Path, *, kill_after: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if kill_after:
-        env["DRIFT_KILL_AFTER_STEP"] = f"tiny:{kill_after}"
     # 12 pairs, batch 2: 6 steps an epoch, 2 epochs; RMSprop so optimizer state matters on resume
     command = [sys.executable, str(SCRIPT), str(out), "2", "1", "rmsprop", "12", "2", "1"]
+    if kill_after:
+        command[1:1] = [str(KILL_AFTER_CHECKPOINT), f"tiny:{kill_after}"]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -1,25 +1,25 @@
 """Bad config values fail with a sentence naming the key, before any model or data is loaded."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from drift.config import ConfigError, config_from_dict
+from drift.compose import CONF_DIR, compose, structured
+from drift.config import Config, ConfigError
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = str(CONF_DIR)
 
 
-def _compose(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=list(overrides)), resolve=True)
+def _compose(*overrides: str) -> Config:
+    """launch/train.py's config for these overrides, composed and validated."""
+    return compose("config", overrides, Config)
 
 
 def test_defaults_follow_the_paper():
-    config = config_from_dict(_compose())
+    config = _compose()
     assert config.model.name_or_path == "embedded:smollm2" and config.data.name == "fixture"
     assert config.method.name == "drift" and config.method.iterations == 2
     assert (config.method.beta, config.method.rpo_alpha, config.method.warmstart_epochs) == (0.1, 0.001, 3)
@@ -31,7 +31,7 @@ def test_defaults_follow_the_paper():
 
 @pytest.mark.parametrize("model", ["qwen7b", "qwen14b", "gemma12b", "tiny", "smollm2"])
 def test_every_model_config_composes(model):
-    config = config_from_dict(_compose(f"model={model}"))
+    config = _compose(f"model={model}")
     assert config.model.name == model
     if model in ("qwen7b", "qwen14b", "gemma12b"):
         assert config.model.gradient_checkpointing and config.model.local_files_only
@@ -39,7 +39,7 @@ def test_every_model_config_composes(model):
 
 @pytest.mark.parametrize("method", ["warmstart", "drift", "drift_unguided", "spin", "iterdpo"])
 def test_every_method_config_composes(method):
-    assert config_from_dict(_compose(f"method={method}")).method.name == method
+    assert _compose(f"method={method}").method.name == method
 
 
 @pytest.mark.parametrize(
@@ -53,19 +53,24 @@ def test_every_method_config_composes(method):
         ("method.reference=best", "method.reference must be 'iteration_start' or 'initial', got 'best'"),
         ("sampler.top_p=1.5", "sampler.top_p must be in (0, 1], got 1.5"),
         ("data.name=imdb", "data.name must be one of"),
+        ("trainer.lr=abc", "trainer.lr must be a number, got 'abc'"),
+        ("trainer.packing=maybe", "trainer.packing must be true or false, got 'maybe'"),
+        ("trainer.learning_rate=1", "unknown key 'trainer.learning_rate': trainer has no key 'learning_rate'"),
+        ("+trainer.learning_rate=1", "unknown key 'trainer.learning_rate': trainer has no key 'learning_rate'"),
+        ("method=dpo", "method=dpo is not an option of method; options: drift, drift_unguided, iterdpo, spin, warmstart"),
     ],
 )
 def test_bad_values_fail_with_a_clear_sentence(override, message):
     with pytest.raises(ConfigError) as error:
-        config_from_dict(_compose(override))
+        _compose(override)
     assert message in str(error.value)
 
 
 def test_unknown_key_is_named():
-    raw = _compose()
+    raw = dataclasses.asdict(_compose())
     raw["trainer"]["learning_rate"] = 1e-6
     with pytest.raises(ConfigError, match="trainer has no key 'learning_rate'"):
-        config_from_dict(raw)
+        structured(raw, Config)
 
 
 def test_entry_point_fails_before_loading_the_model(tmp_path):
@@ -78,3 +83,28 @@ def test_entry_point_fails_before_loading_the_model(tmp_path):
     assert result.returncode == 2
     assert "config error: method.beta must be > 0, got 0" in result.stderr
     assert "nonexistent" not in result.stderr
+
+
+def test_a_value_of_the_wrong_type_is_one_sentence_before_anything_loads(tmp_path):
+    command = [sys.executable, "launch/train.py", "trainer.lr=abc", f"output_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "config error: trainer.lr must be a number, got 'abc'\n"
+    assert not list(tmp_path.iterdir())  # not even the run folder
+
+
+def test_group_files_hold_only_what_differs_from_the_dataclasses():
+    from omegaconf import OmegaConf
+
+    from drift.config import DataConfig, EvalConfig, LoggingConfig, MethodConfig, ModelConfig, SamplerConfig, TrainerConfig
+
+    # name (and a model's name_or_path) say which option a file is, so they stay even when equal
+    identity = {"name", "name_or_path"}
+    for group, schema in [("model", ModelConfig), ("data", DataConfig), ("method", MethodConfig),
+                          ("trainer", TrainerConfig), ("sampler", SamplerConfig), ("logging", LoggingConfig),
+                          ("eval", EvalConfig)]:
+        defaults = dataclasses.asdict(schema())
+        for path in (Path(CONF) / group).glob("*.yaml"):
+            values = OmegaConf.to_container(OmegaConf.load(path)) or {}
+            repeated = {key for key, value in values.items() if key not in identity and defaults.get(key) == value}
+            assert not repeated, f"{path} repeats the defaults of {schema.__name__}: {sorted(repeated)}"

@@ -8,7 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from drift.data import FIXTURE_DIR, DataConfig, SchemaError, load_records, write_records
-from drift.data.config import BOTH_LABELS_POLICIES
+from drift.checks import choices
+from drift.data.config import BothLabels
 from drift.data.report import case_row
 
 CONF_DIR = FIXTURE_DIR.parents[2] / "conf" / "data"
@@ -256,7 +257,7 @@ def test_hub_dataset_is_read_like_a_file(monkeypatch):
     ({"name": "wildchat"}, "data.name must be one of fixture, wildfeedback, ultrafeedback, drift_jsonl, testbed, got 'wildchat'"),
     ({"prompt_format": "plain"}, "data.prompt_format must be one of chat_template, raw_text"),
     ({"max_prompt_length": 0}, "data.max_prompt_length must be a positive integer or null, got 0"),
-    ({"both_labels": "both"}, "data.both_labels must be one of " + ", ".join(BOTH_LABELS_POLICIES)),
+    ({"both_labels": "both"}, "data.both_labels must be one of " + ", ".join(choices(BothLabels))),
     ({"conversation_key": ""}, "data.conversation_key must be a column name"),
     ({"name": "wildfeedback", "hub_name": "x", "hub_config": "user_preference"}, "not supported"),
     ({"name": "wildfeedback", "hub_name": "x", "hub_config": None}, "data.hub_config must be one of"),
@@ -275,7 +276,9 @@ def test_yaml_keys_match_the_dataclass():
 
     names = {f.name for f in fields(DataConfig)}
     for kind in ("fixture", "wildfeedback", "ultrafeedback", "drift_jsonl", "testbed"):
-        cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{kind}.yaml"))
+        # the file over its schema, as Hydra composes it (the file holds only what differs)
+        composed = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONF_DIR / f"{kind}.yaml"))
+        cfg = OmegaConf.to_container(composed)
         assert set(cfg) == names, kind
         assert cfg["name"] == kind
         config = DataConfig(**cfg)

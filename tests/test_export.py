@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from drift.analysis.export import ExportError, main, parse_overrides
-from drift.config import ModelConfig
+from drift.analysis import compose_command, invoke
+from drift.config import ConfigError, ModelConfig
 from drift.data.files import SchemaError
 from drift.export import output_rows, read_benchmark, sampler_rows
 from drift.model import build_byte_tokenizer, load_model
@@ -189,17 +189,17 @@ def test_output_rows_have_the_harness_fields_and_keep_failed_rows_empty():
 
 def test_command_arguments_fail_with_a_sentence():
     base = ["checkpoint=x", "benchmark=alpaca_eval", "prompts=p.json"]
-    args, sampler = parse_overrides(base + ["sampler.max_new_tokens=16", "sampler.temperature=0.5", "limit=3"])
-    assert sampler.max_new_tokens == 16 and sampler.temperature == 0.5 and args["limit"] == 3
+    cfg = compose_command("export", base + ["sampler.max_new_tokens=16", "sampler.temperature=0.5", "limit=3"])
+    assert cfg.sampler.max_new_tokens == 16 and cfg.sampler.temperature == 0.5 and cfg.limit == 3
     cases = [(base + ["colour=red"], "unknown key 'colour'"), (base[:2], "missing prompts="),
              (["checkpoint=x", "benchmark=mtbench", "prompts=p"], "benchmark must be one of"),
              (base + ["sampler.top_k=5"], "unknown key 'sampler.top_k'"),
              (base + ["sampler.num_samples=2"], "one reply per prompt"),
              (base + ["sampler.temperature=0"], "sampler.temperature must be > 0"),
-             (base + ["sampler.max_new_tokens=lots"], "must be a int"), (base + ["limit=0"], "limit must be >= 1")]
+             (base + ["sampler.max_new_tokens=lots"], "must be an integer"), (base + ["limit=0"], "limit must be >= 1")]
     for overrides, message in cases:
-        with pytest.raises(ExportError, match=message):
-            parse_overrides(overrides)
+        with pytest.raises(ConfigError, match=message):
+            compose_command("export", overrides)
 
 
 # ---- the whole command on a tiny checkpoint ---------------------------------------------------------
@@ -223,8 +223,8 @@ def one_thread(monkeypatch):
 
 def export(tmp_path, checkpoint, benchmark, prompts, *extra) -> tuple[Path, dict]:
     out = tmp_path / benchmark
-    code = main([f"checkpoint={checkpoint}", f"benchmark={benchmark}", f"prompts={prompts}", f"out={out}",
-                 "device=cpu", "sampler.max_new_tokens=3", "sampler.seed=5", *extra])
+    code = invoke("export", [f"checkpoint={checkpoint}", f"benchmark={benchmark}", f"prompts={prompts}", f"out={out}",
+                             "device=cpu", "sampler.max_new_tokens=3", "sampler.seed=5", *extra])
     assert code == 0
     assert (out / "done").exists()
     return out, json.loads((out / "export_report.json").read_text())
@@ -302,6 +302,6 @@ def test_export_advbench_and_toxigen_end_to_end(tmp_path, checkpoint):
 
 
 def test_export_refuses_a_folder_without_weights(tmp_path, capsys):
-    code = main([f"checkpoint={tmp_path}", "benchmark=alpaca_eval", f"prompts={ALPACA}"])
+    code = invoke("export", [f"checkpoint={tmp_path}", "benchmark=alpaca_eval", f"prompts={ALPACA}"])
     assert code == 2 and "not a folder with *.safetensors weights" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []

@@ -19,12 +19,11 @@ OVERRIDES = [
 
 
 def _pipeline(output_dir: Path, kill: str = "") -> subprocess.CompletedProcess:
+    """The pipeline under torchrun; kill="STAGE:STEP" SIGKILLs every rank after that step's checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("DRIFT_KILL_AFTER_STEP", None)
-    if kill:
-        env["DRIFT_KILL_AFTER_STEP"] = kill
+    entry = ["tests/kill_after_checkpoint.py", kill, "launch/train.py"] if kill else ["launch/train.py"]
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "launch/train.py",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *entry,
         *OVERRIDES, f"output_dir={output_dir}",
     ]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)

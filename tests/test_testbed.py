@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from drift.analysis import invoke
 from drift.analysis import testbed as report
 from drift.data import DataConfig, load_records
 from drift.testbed import SpecError, conversation_of, gold_reward, load_specs, validate_spec
@@ -139,7 +140,9 @@ def test_conversation_of_reads_prompt_and_pair_ids():
 def test_yaml_keys_match_the_data_config():
     from dataclasses import fields
 
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "testbed.yaml"))
+    # the file over its schema, as Hydra composes it (the file holds only what differs)
+    composed = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(ROOT / "conf" / "data" / "testbed.yaml"))
+    cfg = OmegaConf.to_container(composed)
     assert set(cfg) == {f.name for f in fields(DataConfig)} and cfg["name"] == "testbed"
     DataConfig(**cfg).validate()
 
@@ -180,7 +183,7 @@ def _fake_run(tmp_path: Path) -> Path:
 
 def test_report_on_a_hand_made_run(tmp_path, capsys):
     run = _fake_run(tmp_path)
-    assert report.main([f"run={run}", "eval=none"]) == 0
+    assert invoke("testbed", [f"run={run}", "eval=none"]) == 0
     result = json.loads((run / "testbed_report.json").read_text())["runs"][0]
     assert result["method"] == "drift"
     warm, first = result["stages"]
@@ -207,19 +210,19 @@ def test_report_on_a_hand_made_run(tmp_path, capsys):
 
 def test_report_refuses_bad_input(tmp_path, capsys):
     run = _fake_run(tmp_path)
-    assert report.main(["eval=none"]) == 2
+    assert invoke("testbed", ["eval=none"]) == 2
     assert "give at least one run=" in capsys.readouterr().err
-    assert report.main([f"run={run}", "eval=maybe"]) == 2
+    assert invoke("testbed", [f"run={run}", "eval=maybe"]) == 2
     assert "eval must be one of last, all, none" in capsys.readouterr().err
-    assert report.main([f"run={run}", "tau=1"]) == 2
-    assert "key one of run, eval, out, data" in capsys.readouterr().err
+    assert invoke("testbed", [f"run={run}", "tau=1"]) == 2
+    assert "unknown key 'tau'; known keys: data, eval, out, run" in capsys.readouterr().err
     (run / ".hydra" / "config.yaml").write_text("method:\n  name: drift\ndata:\n  name: fixture\n  path: null\n")
-    assert report.main([f"run={run}", "eval=none"]) == 2
+    assert invoke("testbed", [f"run={run}", "eval=none"]) == 2
     assert "not data=testbed" in capsys.readouterr().err
     _write_jsonl(run / "iter_1" / "sample" / "samples.jsonl",
                  [{"prompt_id": "conv3/t2#guided", "sample_index": 0, "text": "hi", "finish_reason": "stop"}])
     (run / ".hydra" / "config.yaml").unlink()
-    assert report.main([f"run={run}", "eval=none"]) == 2
+    assert invoke("testbed", [f"run={run}", "eval=none"]) == 2
     assert "no preference spec in the testbed file" in capsys.readouterr().err
 
 

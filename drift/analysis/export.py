@@ -3,7 +3,9 @@
   python launch/analyze.py export checkpoint=runs/drift_smollm2_fixture/iter_2/train/model \\
       benchmark=alpaca_eval prompts=alpaca_eval.json [out=DIR] [generator=NAME] [limit=N] \\
       [max_prompt_length=1024] [prompt_format=chat_template] [device=auto] [trust_remote_code=false] \\
-      [sampler=hf|vllm] [sampler.max_new_tokens=512 sampler.temperature=0.7 ...]
+      [sampler.backend=hf|vllm] [sampler.max_new_tokens=512 sampler.temperature=0.7 ...]
+
+(the keys and their defaults: ExportConfig below)
 
 Generation runs in the sampler process (launch/sample.py, as the pipeline runs it), so vLLM on GPU,
 HF on CPU and per-prompt seeding are the same as in training. The folder ``out`` (default
@@ -19,26 +21,25 @@ exports/<generator>/<benchmark>) gets:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from drift.config import ConfigError, ModelConfig, SamplerConfig
-from drift.data.files import SchemaError, write_jsonl_atomic, write_text_atomic
+from drift.checks import Device, PromptFormat, check, check_choice
+from drift.config import ModelConfig, SamplerConfig
+from drift.data.files import SchemaError
+from drift.io import mark_done, write_json_atomic, write_jsonl_atomic
 from drift.data.records import Rejected
 from drift.export import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
 
 USAGE = ("python launch/analyze.py export checkpoint=PATH benchmark=alpaca_eval|wildbench|advbench|toxigen "
          "prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format=chat_template|raw_text] "
-         "[device=auto|cpu|cuda] [trust_remote_code=false] [sampler=hf|vllm] [sampler.KEY=VALUE ...]")
-DEFAULTS = {"checkpoint": None, "benchmark": None, "prompts": None, "out": None, "generator": None, "limit": None,
-            "max_prompt_length": "1024", "prompt_format": "chat_template", "device": "auto",
-            "trust_remote_code": "false", "sampler": "hf"}
+         "[device=auto|cpu|cuda] [trust_remote_code=false] [sampler.backend=hf|vllm] [sampler.KEY=VALUE ...]")
 HARNESS_COMMANDS = {
     "alpaca_eval": "alpaca_eval evaluate --model_outputs {file}   # tatsu-lab/alpaca_eval, AlpacaEval 2 by default",
     "wildbench": ("python src/eval.py --action eval --mode score --local_result_file {file} ...   "
@@ -52,56 +53,44 @@ class ExportError(ValueError):
     """Bad arguments or inputs; the message names the input and the fix."""
 
 
-# ---- arguments ----------------------------------------------------------------------------------
+# ---- the command's config -----------------------------------------------------------------------
 
 
-def parse_overrides(overrides: list[str]) -> tuple[dict, SamplerConfig]:
-    args, sampler_values = dict(DEFAULTS), {}
-    sampler_fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep:
-            raise ExportError(f"{override!r} is not key=value; usage: {USAGE}")
-        if key.startswith("sampler."):
-            name = key.removeprefix("sampler.")
-            if name not in sampler_fields or name == "backend":
-                known = ", ".join(f"sampler.{n}" for n in sampler_fields if n != "backend")
-                raise ExportError(f"unknown key {key!r}; sampler keys: {known} (pick the backend with sampler=hf|vllm)")
-            sampler_values[name] = value
-        elif key in DEFAULTS:
-            args[key] = value
-        else:
-            raise ExportError(f"unknown key {key!r}; known keys: {', '.join(DEFAULTS)}, sampler.*")
-    for key in ("checkpoint", "benchmark", "prompts"):
-        if not args[key]:
-            raise ExportError(f"missing {key}=...; usage: {USAGE}")
-    if args["benchmark"] not in BENCHMARKS:
-        raise ExportError(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {args['benchmark']!r}")
-    if args["trust_remote_code"] not in ("true", "false"):
-        raise ExportError(f"trust_remote_code must be true or false, got {args['trust_remote_code']!r}")
-    for key in ("limit", "max_prompt_length"):
-        if args[key] is not None:
-            try:
-                args[key] = int(args[key])
-            except ValueError:
-                raise ExportError(f"{key} must be an integer, got {args[key]!r}") from None
-            if args[key] < 1:
-                raise ExportError(f"{key} must be >= 1, got {args[key]}")
-    return args, _sampler_config(args["sampler"], sampler_values)
+@dataclass
+class ExportConfig:
+    # required: an HF folder with *.safetensors weights (or embedded:smollm2), one of BENCHMARKS,
+    # and the benchmark's published prompts file
+    checkpoint: Optional[str] = None
+    benchmark: Optional[str] = None
+    prompts: Optional[str] = None
+    # default: exports/<generator>/<benchmark>
+    out: Optional[str] = None
+    # the model's name in the harness's file; default: the run and stage of the checkpoint
+    generator: Optional[str] = None
+    # the first N prompts; null: all
+    limit: Optional[int] = None
+    max_prompt_length: int = 1024
+    prompt_format: str = "chat_template"  # PromptFormat
+    device: str = "auto"  # Device
+    trust_remote_code: bool = False
+    # an export is scored by its harness as written: a reply cut at max_new_tokens is still the
+    # model's answer (sampler.truncated=drop would leave it empty), unless the user says otherwise
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(truncated="keep"))
+
+    def validate(self) -> None:
+        for key in ("checkpoint", "benchmark", "prompts"):
+            check(bool(getattr(self, key)), f"missing {key}=...; usage: {USAGE}")
+        check(self.benchmark in BENCHMARKS, f"benchmark must be one of {', '.join(BENCHMARKS)}, got {self.benchmark!r}")
+        check(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        check(self.max_prompt_length >= 1, f"max_prompt_length must be >= 1, got {self.max_prompt_length}")
+        check_choice("prompt_format", self.prompt_format, PromptFormat)
+        check_choice("device", self.device, Device)
+        self.sampler.validate()
+        check(self.sampler.num_samples == 1,
+              f"an export writes one reply per prompt; sampler.num_samples must be 1, got {self.sampler.num_samples}")
 
 
-def _sampler_config(backend: str, values: dict[str, str]) -> SamplerConfig:
-    from drift.sampler.process import sampler_config_from_text
-
-    try:
-        # an export is scored by its harness as written: a reply cut at max_new_tokens is still the
-        # model's answer (sampler.truncated=drop would leave it empty), unless the user says otherwise
-        config = sampler_config_from_text({"backend": backend, "truncated": "keep", **values})
-    except ConfigError as error:
-        raise ExportError(str(error)) from None
-    if config.num_samples != 1:
-        raise ExportError(f"an export writes one reply per prompt; sampler.num_samples must be 1, got {config.num_samples}")
-    return config
+CONFIG = ExportConfig
 
 
 # ---- the export ---------------------------------------------------------------------------------
@@ -140,27 +129,27 @@ def render_prompts(items, tokenizer, *, max_prompt_length: int, prompt_format: s
     return texts, truncated
 
 
-def sample(checkpoint: str, prompt_rows: list[dict], out_dir: Path, sampler: SamplerConfig, args: dict) -> dict:
+def sample(checkpoint: str, prompt_rows: list[dict], out_dir: Path, cfg: ExportConfig) -> dict:
     from drift.sampler.client import SamplingJob, sample as run_sampling
 
     return run_sampling(SamplingJob(
-        checkpoint, tuple(prompt_rows), out_dir, sampler, max_prompt_length=args["max_prompt_length"],
-        prompt_format=args["prompt_format"], device=args["device"], trust_remote_code=args["trust_remote_code"] == "true",
+        checkpoint, tuple(prompt_rows), out_dir, cfg.sampler, max_prompt_length=cfg.max_prompt_length,
+        prompt_format=cfg.prompt_format, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
     ), label="export").report
 
 
-def run_export(args: dict, sampler: SamplerConfig) -> dict:
+def run_export(cfg: ExportConfig) -> dict:
+    from drift.io import read_jsonl
     from drift.model import load_tokenizer
-    from drift.pipeline import read_jsonl
 
     started = time.perf_counter()
-    benchmark, prompts_path = args["benchmark"], Path(args["prompts"])
-    checkpoint = resolve_checkpoint(args["checkpoint"])
-    generator = args["generator"] or default_generator(checkpoint)
-    out_dir = Path(args["out"] or Path("exports") / generator / benchmark)
+    benchmark, prompts_path = cfg.benchmark, Path(cfg.prompts)
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    generator = cfg.generator or default_generator(checkpoint)
+    out_dir = Path(cfg.out or Path("exports") / generator / benchmark)
     output_path = out_dir / output_file_name(benchmark, generator)
     try:
-        items, rejects = read_benchmark(benchmark, prompts_path, limit=args["limit"])
+        items, rejects = read_benchmark(benchmark, prompts_path, limit=cfg.limit)
     except (SchemaError, FileNotFoundError) as error:
         raise ExportError(str(error)) from None
     if not items:
@@ -169,11 +158,11 @@ def run_export(args: dict, sampler: SamplerConfig) -> dict:
     for stale in (out_dir / "done", output_path):
         stale.unlink(missing_ok=True)
 
-    tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint,
-                                           trust_remote_code=args["trust_remote_code"] == "true"), source=checkpoint)
-    model_inputs, truncated = render_prompts(items, tokenizer, max_prompt_length=args["max_prompt_length"],
-                                             prompt_format=args["prompt_format"])
-    sampling = sample(checkpoint, sampler_rows(items), out_dir / "sample", sampler, args)
+    tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=cfg.trust_remote_code),
+                               source=checkpoint)
+    model_inputs, truncated = render_prompts(items, tokenizer, max_prompt_length=cfg.max_prompt_length,
+                                             prompt_format=cfg.prompt_format)
+    sampling = sample(checkpoint, sampler_rows(items), out_dir / "sample", cfg)
 
     location = {item.prompt_id: item.location for item in items}
     replies = {row["prompt_id"]: row["text"] for row in read_jsonl(out_dir / "sample" / "samples.jsonl")}
@@ -189,7 +178,7 @@ def run_export(args: dict, sampler: SamplerConfig) -> dict:
         "generator": generator,
         "prompts_file": str(prompts_path.resolve()),
         "prompts_sha256": _sha256(prompts_path),
-        "limit": args["limit"],
+        "limit": cfg.limit,
         "rows_written": len(rows),
         "rows_with_reply": sum(item.prompt_id in replies for item in items),
         "empty_outputs": sum(item.prompt_id not in replies for item in items),
@@ -214,10 +203,10 @@ def run_export(args: dict, sampler: SamplerConfig) -> dict:
     if output_path.suffix == ".jsonl":
         write_jsonl_atomic(output_path, rows)
     else:
-        write_text_atomic(output_path, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        write_json_atomic(output_path, rows)
     write_jsonl_atomic(out_dir / "rejects.jsonl", [asdict(r) for r in all_rejects])
-    write_text_atomic(out_dir / "export_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "done").write_text(json.dumps({"rows_written": len(rows), "rejected": len(all_rejects)}) + "\n")
+    write_json_atomic(out_dir / "export_report.json", report)
+    mark_done(out_dir, {"rows_written": len(rows), "rejected": len(all_rejects)})
     return report
 
 
@@ -247,10 +236,9 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(overrides: list[str]) -> int:
+def run(cfg: ExportConfig) -> int:
     try:
-        args, sampler = parse_overrides(overrides)
-        report = run_export(args, sampler)
+        report = run_export(cfg)
     except (ExportError, RuntimeError) as error:
         print(f"export: {error}", file=sys.stderr)
         return 2

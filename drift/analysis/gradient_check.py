@@ -35,19 +35,54 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 
-from drift.analysis.dynamics import (
-    GRADIENT_CHECK_HEADER, GRADIENT_CHECK_RULE, AnalysisInputError, gradient_check_row, number, parse_overrides,
-)
-from drift.data.files import write_text_atomic
+from drift.analysis.dynamics import GRADIENT_CHECK_HEADER, GRADIENT_CHECK_RULE, AnalysisInputError, gradient_check_row
+from drift.checks import Device, check, check_choice
+from drift.io import write_json_atomic, write_text_atomic
 
-KEYS = {"run": False, "iteration": False, "sample": False, "seed": False, "tau": False, "reference": False,
-        "dtype": False, "device": False, "out": False, "config": False}
+Dtype = Literal["fp32", "fp64"]
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
+
+
+@dataclass
+class GradientCheckConfig:
+    run: Optional[str] = None  # the run folder (required)
+    iteration: Optional[int] = None  # k: the policy at the end of iteration k (required)
+    # pairs drawn (seeded) from the iteration's
+    sample: int = 16
+    seed: int = 0
+    tau: float = 0.5
+    # default: the model the iteration trained against
+    reference: Optional[str] = None
+    dtype: str = "fp32"  # Dtype
+    device: str = "auto"  # Device
+    # default: <run>/analysis/gradient_check/iter_<k>
+    out: Optional[str] = None
+    # the run's config.yaml, when it is not <run>/.hydra/config.yaml
+    config: Optional[str] = None
+
+    def validate(self) -> None:
+        for key in ("run", "iteration"):
+            check(getattr(self, key) not in (None, ""),
+                  f"give {key}= (e.g. run=runs/drift_smollm2_fixture iteration=1)")
+        check(self.sample >= 2, f"sample must be >= 2 (Var(s) needs two pairs), got {self.sample}")
+        check(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
+        check_choice("dtype", self.dtype, Dtype)
+        check_choice("device", self.device, Device)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path(self.run) / "analysis" / "gradient_check" / f"iter_{self.iteration}"
+
+
+CONFIG = GradientCheckConfig
 
 
 # ---- pure numbers -------------------------------------------------------------------------------
@@ -104,7 +139,8 @@ def load_run_config(run_dir: Path, config_path: Path | None = None):
     """The run's validated Config from the .hydra/config.yaml Hydra writes into every run folder."""
     from omegaconf import OmegaConf
 
-    from drift.config import ConfigError, config_from_dict
+    from drift.compose import structured
+    from drift.config import Config, ConfigError
 
     path = config_path or run_dir / ".hydra" / "config.yaml"
     if not path.exists():
@@ -114,7 +150,7 @@ def load_run_config(run_dir: Path, config_path: Path | None = None):
         )
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     try:
-        return config_from_dict(raw)
+        return structured(raw, Config)
     except ConfigError as error:
         raise AnalysisInputError(f"gradient_check: {path}: {error}") from None
 
@@ -297,37 +333,18 @@ def render_markdown(result: dict) -> str:
     ])
 
 
-def main(overrides: list[str]) -> int:
+def run(cfg: GradientCheckConfig) -> int:
+    run_dir, iteration, out = Path(cfg.run), cfg.iteration, cfg.out_dir
     try:
-        values = parse_overrides(overrides, KEYS, "gradient_check")
-        for key in ("run", "iteration"):
-            if key not in values:
-                raise AnalysisInputError(f"gradient_check: give {key}= (e.g. run=runs/drift_smollm2_fixture iteration=1)")
-        run_dir = Path(values["run"][0])
         if not run_dir.is_dir():
             raise AnalysisInputError(f"gradient_check: run={run_dir}: no such folder")
-        iteration = number(values, "iteration", 0, int, "gradient_check")
-        sample = number(values, "sample", 16, int, "gradient_check")
-        seed = number(values, "seed", 0, int, "gradient_check")
-        tau = number(values, "tau", 0.5, float, "gradient_check")
-        dtype = values.get("dtype", ["fp32"])[0]
-        device = values.get("device", ["auto"])[0]
-        if sample < 2:
-            raise AnalysisInputError(f"gradient_check: sample must be >= 2 (Var(s) needs two pairs), got {sample}")
-        if not 0 < tau <= 1:
-            raise AnalysisInputError(f"gradient_check: tau must be in (0, 1], got {tau}")
-        if dtype not in DTYPES:
-            raise AnalysisInputError(f"gradient_check: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if device not in ("auto", "cpu", "cuda"):
-            raise AnalysisInputError(f"gradient_check: device must be auto, cpu or cuda, got {device!r}")
-        out = Path(values["out"][0]) if "out" in values else run_dir / "analysis" / "gradient_check" / f"iter_{iteration}"
-        config_path = Path(values["config"][0]) if "config" in values else None
-        result = check_iteration(run_dir, iteration, sample=sample, seed=seed, tau=tau, reference=values.get("reference", [None])[0],
-                                 dtype=dtype, device=device, config_path=config_path)
+        result = check_iteration(run_dir, iteration, sample=cfg.sample, seed=cfg.seed, tau=cfg.tau,
+                                 reference=cfg.reference, dtype=cfg.dtype, device=cfg.device,
+                                 config_path=Path(cfg.config) if cfg.config else None)
     except AnalysisInputError as error:
-        print(error)
+        print(error, file=sys.stderr)
         return 2
-    write_text_atomic(out / "gradient_check.json", json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out / "gradient_check.json", result, indent=1)
     write_text_atomic(out / "gradient_check.md", render_markdown(result))
     print(
         f"iteration {iteration}: {result['sample_size']} pairs, Var(s) {result['var_s']:.4g}, "

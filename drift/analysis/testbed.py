@@ -1,6 +1,7 @@
 """The verifiable testbed's report: gold reward, margin and σ(−s) per iteration, per run.
 
-  python launch/analyze.py testbed run=runs/A [run=runs/B ...] [eval=last|all|none] [out=DIR] [data=FILE]
+  python launch/analyze.py testbed run=runs/A [eval=last|all|none] [out=DIR] [data=FILE]
+  python launch/analyze.py testbed run=[runs/A,runs/B]         # one table over several runs
 
 For each run trained with ``data=testbed`` and each iteration k >= 1 it reads
 
@@ -32,14 +33,16 @@ import os
 import re
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Optional
 
-from drift.data.files import write_text_atomic
+from drift.checks import check, check_choice, string_list
+from drift.io import read_jsonl, write_json_atomic, write_text_atomic
 from drift.testbed import conversation_of, gold_reward, load_specs, words
 
 COMMAND = "testbed"
-KEYS = {"run": True, "eval": False, "out": False, "data": False}  # key -> may repeat
-EVAL_MODES = ("last", "all", "none")
+EvalMode = Literal["last", "all", "none"]
 STAGE_FOLDER = re.compile(r"^iter_(\d+)$")
 EVAL_FOLDER = "testbed_eval"
 
@@ -48,47 +51,43 @@ class ReportInputError(ValueError):
     """A command-line key or an input folder is wrong; the message says which and what to do."""
 
 
-# ---------------------------------------------------------------- command line
+# ---------------------------------------------------------------- the command's config
 
-def parse_args(overrides: list[str]) -> dict:
-    values: dict[str, list[str]] = {}
-    for word in overrides:
-        key, sep, value = word.partition("=")
-        if not sep or key not in KEYS:
-            raise ReportInputError(f"{COMMAND}: expected key=value with key one of {', '.join(KEYS)}, got {word!r}")
-        if key in values and not KEYS[key]:
-            raise ReportInputError(f"{COMMAND}: {key}= given twice; give it once")
-        values.setdefault(key, []).append(value)
-    if not values.get("run"):
-        raise ReportInputError(f"{COMMAND}: give at least one run=runs/<run folder> (a run trained with data=testbed)")
-    runs = [Path(run) for run in values["run"]]
-    for run in runs:
-        if not run.is_dir():
-            raise ReportInputError(f"{COMMAND}: run={run} is not a folder; give a run folder such as runs/drift_smollm2_testbed")
-    eval_mode = values.get("eval", ["last"])[0]
-    if eval_mode not in EVAL_MODES:
-        raise ReportInputError(f"{COMMAND}: eval must be one of {', '.join(EVAL_MODES)}, got {eval_mode!r}")
-    data = values.get("data", [None])[0]
-    if data is not None and not Path(data).is_file():
-        raise ReportInputError(f"{COMMAND}: data={data} is not a file; give the testbed .jsonl the runs trained on")
-    out = Path(values["out"][0]) if "out" in values else Path(os.path.commonpath([str(r.resolve()) for r in runs]))
-    if len(runs) == 1 and "out" not in values:
-        out = runs[0].resolve()
-    return {"runs": runs, "eval": eval_mode, "out": out, "data": data}
+@dataclass
+class TestbedReportConfig:
+    # one run folder (run=runs/A) or several in one table (run=[runs/A,runs/B]); see string_list
+    run: Any = None
+    # which checkpoints to evaluate on the original prompts: last | all | none (EvalMode)
+    eval: str = "last"
+    # default: the runs' common parent folder (one run: the run itself)
+    out: Optional[str] = None
+    # the testbed .jsonl the runs trained on; default: each run's data.path (the shipped file)
+    data: Optional[str] = None
+
+    def validate(self) -> None:
+        check(bool(self.runs), "give at least one run=runs/<run folder> (a run trained with data=testbed)")
+        for run in self.runs:
+            check(run.is_dir(), f"run={run} is not a folder; give a run folder such as runs/drift_smollm2_testbed")
+        check_choice("eval", self.eval, EvalMode)
+        check(self.data is None or Path(self.data).is_file(),
+              f"data={self.data} is not a file; give the testbed .jsonl the runs trained on")
+
+    @property
+    def runs(self) -> list[Path]:
+        return [Path(run) for run in string_list("run", self.run)]
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        runs = self.runs
+        return runs[0].resolve() if len(runs) == 1 else Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+
+
+CONFIG = TestbedReportConfig
 
 
 # ---------------------------------------------------------------- pure pieces
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ReportInputError(f"{path}:{line_no} is not valid JSON ({error.msg}); was the file cut short?") from error
-    return rows
-
 
 def prompt_kind(prompt_id: str, sat_reply_ids: set[str]) -> str:
     """guided | original | before_sat (spin: the history before a SAT reply, feedback included)."""
@@ -190,9 +189,9 @@ def iteration_folders(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def testbed_file(args: dict, config: dict | None) -> str | None:
-    if args["data"]:
-        return args["data"]
+def testbed_file(cfg: TestbedReportConfig, config: dict | None) -> str | None:
+    if cfg.data:
+        return cfg.data
     if config is not None:
         data = config.get("data") or {}
         if data.get("name") != "testbed":
@@ -202,11 +201,11 @@ def testbed_file(args: dict, config: dict | None) -> str | None:
     return None  # the shipped file
 
 
-def analyze_run(run_dir: Path, args: dict) -> dict:
+def analyze_run(run_dir: Path, cfg: TestbedReportConfig) -> dict:
     from drift.data import DataConfig, load_records
 
     config = run_config(run_dir)
-    data_path = testbed_file(args, config)
+    data_path = testbed_file(cfg, config)
     specs = load_specs(data_path)
     records = load_records(DataConfig(name="testbed", path=data_path))
     seeds = {conversation_of(pair.pair_id) for pair in records.seed_pairs}
@@ -235,8 +234,8 @@ def analyze_run(run_dir: Path, args: dict) -> dict:
     result = {"run": str(run_dir), "label": run_label(run_dir, method), "method": method, "testbed_file": data_path,
               "conversations": len(specs), "seed_conversations": len(seeds), "dsat_replies": baseline,
               "stages": stages, "eval": {}}
-    if args["eval"] != "none":
-        result["eval"] = evaluate(run_dir, config, records, specs, seeds, args["eval"])
+    if cfg.eval != "none":
+        result["eval"] = evaluate(run_dir, config, records, specs, seeds, cfg.eval)
     return result
 
 
@@ -379,12 +378,11 @@ def render_report(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(overrides: list[str]) -> int:
+def run(cfg: TestbedReportConfig) -> int:
     try:
-        args = parse_args(overrides)
-        runs = [analyze_run(run, args) for run in args["runs"]]
-        for run, label in zip(runs, short_labels([run["label"] for run in runs])):
-            run["label"] = label
+        runs = [analyze_run(run_dir, cfg) for run_dir in cfg.runs]
+        for run_result, label in zip(runs, short_labels([r["label"] for r in runs])):
+            run_result["label"] = label
     except ReportInputError as error:
         print(error, file=sys.stderr)
         return 2
@@ -392,9 +390,10 @@ def main(overrides: list[str]) -> int:
         print(f"{COMMAND}: {error}", file=sys.stderr)
         return 2
     report = render_report(runs)
-    args["out"].mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args["out"] / "testbed_report.md", report)
-    write_text_atomic(args["out"] / "testbed_report.json", json.dumps({"runs": runs}, indent=2, ensure_ascii=False) + "\n")
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "testbed_report.md", report)
+    write_json_atomic(out / "testbed_report.json", {"runs": runs})
     print(report)
-    print(f"written: {args['out'] / 'testbed_report.md'}, {args['out'] / 'testbed_report.json'}", file=sys.stderr)
+    print(f"written: {out / 'testbed_report.md'}, {out / 'testbed_report.json'}", file=sys.stderr)
     return 0

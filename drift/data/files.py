@@ -1,4 +1,4 @@
-"""Reading source rows (local jsonl / json / parquet, or the hub) and writing outputs atomically.
+"""Reading source rows (local jsonl / json / parquet, or the hub); writing them is drift.io's.
 
 A row is a plain dict. Rows come with a locator ("dsat_data.jsonl:17") so that every error and
 every reject names the record a user has to look at.
@@ -7,10 +7,12 @@ every reject names the record a user has to look at.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+# drift/analysis still imports the writers from here; drift.io is where they live
+from drift.io import write_jsonl_atomic, write_text_atomic  # noqa: F401
 
 
 class SchemaError(ValueError):
@@ -126,23 +128,3 @@ def _read_hub(hub_name: str, hub_config: str | None, split: str) -> SourceRows:
         ) from e
     rows = [(f"{label}:{i + 1}", dict(row)) for i, row in enumerate(dataset)]
     return SourceRows(label, rows, set(dataset.column_names), [])
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write rows to a temp file beside `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from drift.data.files import write_jsonl_atomic, write_text_atomic
+from drift.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from drift.data.records import DsatCase, PreferencePair, Records, Rejected, SatReply
 
 # the paper's WildFeedback numbers (its Section 4.1), printed beside ours for the annotation schema
@@ -66,7 +65,7 @@ def write_records(records: Records, out_dir: str | Path) -> list[Path]:
     write_jsonl_atomic(out_dir / "seed_pairs.jsonl", map(pair_row, records.seed_pairs))
     write_jsonl_atomic(out_dir / "preference_pairs.jsonl", map(pair_row, records.preference_pairs))
     write_jsonl_atomic(out_dir / "rejects.jsonl", map(reject_row, records.rejects))
-    write_text_atomic(out_dir / "report.json", json.dumps(records.report, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(out_dir / "report.json", records.report)
     write_text_atomic(out_dir / "report.md", format_report(records.report))
     return [out_dir / name for name in OUTPUT_FILES]
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift.config import SamplerConfig
-from drift.data.files import write_text_atomic
+from drift.io import DONE, mark_done, read_done, read_jsonl, write_text_atomic
 
 SAMPLER_SCRIPT = Path(__file__).resolve().parent.parent.parent / "launch" / "sample.py"
-DONE = "done"
 
 
 @dataclass(frozen=True)
@@ -86,16 +85,15 @@ def sampler_command(job: SamplingJob, prompts_path: Path) -> list[str]:
 
 
 def read_samples(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(folder) / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(Path(folder) / "samples.jsonl")
 
 
 def finished_request(folder: Path) -> dict | None:
     """The request recorded by a finished run in ``folder``, or None."""
-    done = Path(folder) / DONE
-    if not done.is_file() or not (Path(folder) / "samples.jsonl").is_file():
+    if not (Path(folder) / "samples.jsonl").is_file():
         return None
     try:
-        return json.loads(done.read_text()).get("request")
+        return (read_done(folder) or {}).get("request")
     except (json.JSONDecodeError, AttributeError):
         return None
 
@@ -107,7 +105,7 @@ def sample(job: SamplingJob, *, label: str = "sampler") -> SamplingResult:
     request = request_identity(job, text)
     if finished_request(out_dir) == request:
         print(f"{label}: reusing the samples in {out_dir} (same weights, prompts and settings)", flush=True)
-        return SamplingResult(read_samples(out_dir), json.loads((out_dir / DONE).read_text())["report"], reused=True)
+        return SamplingResult(read_samples(out_dir), read_done(out_dir)["report"], reused=True)
     (out_dir / DONE).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts_path = out_dir / "prompts.jsonl"
@@ -120,5 +118,5 @@ def sample(job: SamplingJob, *, label: str = "sampler") -> SamplingResult:
             f"command: {' '.join(command)}"
         )
     report = json.loads((out_dir / "sampling_report.json").read_text())
-    write_text_atomic(out_dir / DONE, json.dumps({"request": request, "report": report}) + "\n")
+    mark_done(out_dir, {"request": request, "report": report})
     return SamplingResult(read_samples(out_dir), report, reused=False)

@@ -39,17 +39,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from drift.config import ConfigError, ModelConfig, SamplerConfig
-from drift.config import validate_sampler as validate_sampler_config
-from drift.data.files import write_jsonl_atomic, write_text_atomic
+from drift.config import ConfigError, ModelConfig, SamplerConfig, validate_sampler_run
+from drift.io import write_json_atomic, write_jsonl_atomic
 from drift.sampler.engine import DecoderWeights, Generation, engine_unsupported_reason, generate_continuous, sample_next_tokens
 
 SAMPLES_FILE = "samples.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 REPORT_FILE = "sampling_report.json"
 OUTPUT_FILES = (SAMPLES_FILE, REJECTS_FILE, REPORT_FILE)
-PROMPT_FORMATS = ("chat_template", "raw_text")
-DEVICES = ("auto", "cpu", "cuda")
 VLLM_MISSING = "sampler=vllm needs vLLM: pip install 'drift[gpu]'"
 VLLM_SHARD_PREFIX = ".vllm_shard_rank"  # a data-parallel engine's results, merged then removed
 
@@ -72,40 +69,10 @@ class Request:
 
 
 def sampler_config_from_dict(values: dict) -> SamplerConfig:
-    known = {f.name for f in dataclasses.fields(SamplerConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"sampler has no key {', '.join(map(repr, unknown))}; known keys: {', '.join(sorted(known))}")
-    config = SamplerConfig(**values)
-    validate_sampler_config(config)
-    return config
+    """sampler.<key> values (a run's saved config, say) -> a typed, validated config."""
+    from drift.compose import structured
 
-
-def sampler_config_from_text(values: dict[str, str]) -> SamplerConfig:
-    """sampler.<key>=<text> words as typed by a user (``backend`` among them) -> a validated config."""
-    fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
-    typed: dict = {}
-    for name, text in values.items():
-        if name not in fields:
-            raise ConfigError(f"sampler has no key {name!r}; known keys: {', '.join(sorted(fields))}")
-        kind = type(fields[name].default)
-        try:
-            typed[name] = kind(text)
-        except ValueError:
-            raise ConfigError(f"sampler.{name} must be a {kind.__name__}, got {text!r}") from None
-    return sampler_config_from_dict(typed)
-
-
-def validate_run_args(sampler: SamplerConfig, *, max_prompt_length: int, prompt_format: str, device: str) -> None:
-    validate_sampler_config(sampler)
-    if max_prompt_length < 1:
-        raise ConfigError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(f"prompt_format must be chat_template or raw_text, got {prompt_format!r}")
-    if device not in DEVICES:
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-    if sampler.backend == "vllm" and device == "cpu":
-        raise ConfigError("sampler=vllm runs on GPUs; use sampler=hf with device=cpu")
+    return structured(values, SamplerConfig, key_prefix="sampler")
 
 
 # ---- identities: checkpoint, prompt, seed -------------------------------------------------------
@@ -561,8 +528,8 @@ def _vllm_worker(gpu_ids: list[str], result_path: str, arguments: dict) -> None:
     # must precede any CUDA use in this (spawned) process: the engine sees only its group's GPUs
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     rows, rejects, tokens, load_seconds = _vllm_shard(**arguments)
-    write_text_atomic(result_path, json.dumps({"rows": rows, "rejects": rejects, "tokens": tokens,
-                                               "load_seconds": load_seconds}))
+    write_json_atomic(result_path, {"rows": rows, "rejects": rejects, "tokens": tokens, "load_seconds": load_seconds},
+                      indent=None)
 
 
 def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop_ids: list[int], *,
@@ -620,7 +587,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
     from drift.model import load_tokenizer
 
     started = time.perf_counter()
-    validate_run_args(sampler_cfg, max_prompt_length=max_prompt_length, prompt_format=prompt_format, device=device)
+    validate_sampler_run(sampler_cfg, max_prompt_length=max_prompt_length, prompt_format=prompt_format, device=device)
     if sampler_cfg.backend == "vllm":
         require_vllm()
     checkpoint, out_dir = str(checkpoint), Path(out_dir)
@@ -681,7 +648,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
     }
     write_jsonl_atomic(out_dir / REJECTS_FILE, rejects)
     write_jsonl_atomic(out_dir / SAMPLES_FILE, samples)
-    write_text_atomic(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out_dir / REPORT_FILE, report)
     return report
 
 

@@ -1,0 +1,134 @@
+"""The testbed search's table and plot, from the runs themselves (their summary.json and .hydra/).
+
+    python launch/train.py -m experiment=testbed method=drift trainer.lr=3e-6,3e-5 hydra.sweep.dir=runs/search_a
+    python benchmarks/testbed_search.py runs/search_a runs/search_b --out benchmarks/results/testbed_search
+
+Every folder given (a run or a sweep folder holding runs) contributes one row per run: the levers
+the search varies (method, lr, beta, global batch, warm-start epochs, iterations, seed, guidance),
+the held-out gold of every evaluated checkpoint (base, warm start, each iteration), overall and by
+preference kind, the cut share, and the run's wall-clock minutes. Writes search.json, search.md and
+gold_per_stage.png (one line per run, or one per method with --by method) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LEVERS = {  # column -> dotted key in the run's composed config
+    "method": "method.name",
+    "lr": "trainer.lr",
+    "beta": "method.beta",
+    "warmstart_epochs": "method.warmstart_epochs",
+    "iterations": "method.iterations",
+    "seed": "trainer.seed",
+    "guidance": "data.guidance",
+}
+
+
+def find_runs(folders: list[Path]) -> list[Path]:
+    """Run folders (those with a summary.json) at or one level under each folder given."""
+    runs = []
+    for folder in folders:
+        candidates = [folder] if (folder / "summary.json").exists() else sorted(folder.glob("*/summary.json"))
+        runs.extend(path.parent if path.name == "summary.json" else path for path in candidates)
+    return runs
+
+
+def lookup(config: dict, dotted: str):
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def run_row(run: Path) -> dict:
+    import yaml
+
+    summary = json.loads((run / "summary.json").read_text())
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    trainer = config["trainer"]
+    row = {"run": str(run), **{column: lookup(config, key) for column, key in LEVERS.items()},
+           "global_batch": trainer["per_device_batch_size"] * trainer["grad_accum_steps"]}
+    # start: Hydra writes .hydra/ before the run; end: the summary is the run's last write
+    row["minutes"] = round(((run / "summary.json").stat().st_mtime - (run / ".hydra" / "config.yaml").stat().st_mtime) / 60, 1)
+    row["stages"] = {
+        name: {"gold": result["gold"], "cut_share": result["cut_share"],
+               **{kind: result["by_kind"][kind]["gold"] for kind in result.get("by_kind", {})}}
+        for name, result in summary.get("heldout", {}).items()
+    }
+    row["steps"] = {name: stats.get("steps") for name, stats in summary["stages"].items()}
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
+    header = ["method", "lr", "beta", "batch", "ws ep", "iters", "seed", "min"] + [f"{name} gold (stated/revealed)" for name in stage_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: -final_gold(r)):
+        cells = [row["method"], f"{row['lr']:g}", f"{row['beta']:g}", str(row["global_batch"]), str(row["warmstart_epochs"]),
+                 str(row["iterations"]), str(row["seed"]), f"{row['minutes']:g}"]
+        for name in stage_names:
+            stage = row["stages"].get(name)
+            cells.append("" if stage is None else f"{stage['gold']:.3f} ({stage.get('stated', float('nan')):.3f}/{stage.get('revealed', float('nan')):.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def stage_order(name: str) -> tuple[int, str]:
+    return {"base": (0, ""), "warmstart": (1, "")}.get(name, (2, name))
+
+
+def final_gold(row: dict) -> float:
+    trained = [name for name in row["stages"] if name != "base"]
+    return row["stages"][max(trained, key=stage_order)]["gold"] if trained else float("-inf")
+
+
+def plot(rows: list[dict], path: Path, by: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
+    for row in rows:
+        names = [name for name in stage_names if name in row["stages"]]
+        label = row["method"] if by == "method" else f"{row['method']} lr={row['lr']:g} β={row['beta']:g} b={row['global_batch']} ws={row['warmstart_epochs']} s={row['seed']}"
+        ax.plot([stage_names.index(n) for n in names], [row["stages"][n]["gold"] for n in names], marker="o", label=label)
+    ax.set_xticks(range(len(stage_names)), stage_names)
+    ax.set_ylabel("held-out gold (104 prompts)")
+    ax.set_title("testbed: gold per stage (base and warm start are the first two points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from drift.data.files import write_text_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "testbed_search")
+    parser.add_argument("--by", choices=("run", "method"), default="run", help="label plot lines by run levers or by method")
+    args = parser.parse_args()
+
+    rows = [run_row(run) for run in find_runs(args.folders)]
+    if not rows:
+        raise SystemExit(f"no run with a summary.json in {', '.join(map(str, args.folders))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "search.json", json.dumps(rows, indent=2) + "\n")
+    table = format_table(rows)
+    write_text_atomic(args.out / "search.md", table)
+    plot(rows, args.out / "gold_per_stage.png", args.by)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
