@@ -31,7 +31,7 @@ def main() -> None:
     from drift.methods import check_cases
     from drift.model import ensure_embedded_smollm2
     from drift.sampler.client import SamplingJob, sample
-    from drift.testbed import preference_kind
+    from drift.eval.gold import preference_kind
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="an HF folder (default: the embedded SmolLM2-135M-Instruct)")

@@ -8,7 +8,7 @@ the original prompt -- and reports the share of cases where the guided sample be
 reply and (b) the policy's own original-prompt sample (ties count as not beating). Below one half
 on (b), DRIFT pulls the model toward replies worse than its own, and the run says so loudly.
 
-Scorers: the testbed's gold reward (rules, drift/testbed.py) on data=testbed, or a reward model
+Scorers: the testbed's gold reward (rules, drift/eval/gold.py) on data=testbed, or a reward model
 (method.guidance_check=reward with reward.model=<folder>) on real data.
 """
 
@@ -77,7 +77,7 @@ def format_check(result: dict, label: str) -> str:
 
 def gold_scorer(testbed_file: str | None = None) -> Scorer:
     """The testbed's rule-based gold reward against each case's conversation spec."""
-    from drift.testbed import conversation_of, gold_reward, load_specs
+    from drift.eval.gold import conversation_of, gold_reward, load_specs
 
     specs = load_specs(testbed_file)
     return lambda items: [gold_reward(text, specs[conversation_of(case.case_id)]).score for case, text in items]

@@ -109,7 +109,7 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
     if scorer is not None and runtime.is_main:
         first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
                               if samples.get(prompt_id(c.case_id, kind), [""])[0]}
-        from drift.testbed import preference_kind
+        from drift.eval.gold import preference_kind
 
         kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
         check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)

@@ -1,4 +1,5 @@
-"""Analyses of finished runs: one Hydra app per command (drift/analysis/<command>.py, its config
+"""Analyses and evaluations of finished runs: one Hydra app per command (drift/commands.py names
+its module in drift/analysis/ or drift/eval/, its config
 dataclass composed by conf/analyze/<command>.yaml, the analyses' own config root).
 
   python launch/analyze.py dynamics run=runs/drift_smollm2_fixture
@@ -12,7 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from drift.analysis import commands, load
+from drift.commands import commands, load
 from drift.compose import check_each_key_once, exit_with_sentence, run_app, validated
 from drift.config import ConfigError
 

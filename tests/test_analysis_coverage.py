@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from drift.analysis import compose_command, invoke
+from drift.commands import compose_command, invoke
 from drift.analysis import coverage as command
 from drift.analysis._kde import coverage, grid_axes, high_reward_region, kde_surface, reward_weights, scott_bandwidth, share
 from drift.config import ConfigError, ModelConfig

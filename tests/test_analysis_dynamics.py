@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_stage import main as run_tiny_stage  # noqa: E402
 
-from drift.analysis import compose_command, dynamics, gradient_check, invoke  # noqa: E402
+from drift.analysis import dynamics, gradient_check
+from drift.commands import compose_command, invoke  # noqa: E402
 from drift.config import ConfigError  # noqa: E402
 
 LN3 = math.log(3.0)

@@ -1,7 +1,7 @@
 """Benchmark exports: the published input formats parsed, bad rows quarantined, and the whole command
 run on a tiny checkpoint with every output file checked against the fields its harness reads.
 
-The harness schemas below are written from the harnesses' own code, not from drift/export.py:
+The harness schemas below are written from the harnesses' own code, not from drift/eval/benchmarks.py:
   AlpacaEval  alpaca_eval.main.evaluate: pd.read_json(model_outputs); needs instruction and output (str),
               generator names the model; annotate_head2head merges with the reference on instruction
   WildBench   src/eval.py (v2): json.load(local_result_file), zip(bench, results) by position,
@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from drift.analysis import compose_command, invoke
+from drift.commands import compose_command, invoke
 from drift.config import ConfigError, ModelConfig
 from drift.data.files import SchemaError
-from drift.export import output_rows, read_benchmark, sampler_rows
+from drift.eval.benchmarks import output_rows, read_benchmark, sampler_rows
 from drift.model import build_byte_tokenizer, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from drift.analysis import invoke
-from drift.analysis import testbed as report
+from drift.commands import invoke
+from drift.eval import testbed as report
 from drift.data import DataConfig, load_records
-from drift.testbed import SpecError, conversation_of, gold_reward, load_specs, validate_spec
+from drift.eval.gold import SpecError, conversation_of, gold_reward, load_specs, validate_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "drift" / "data" / "fixtures"

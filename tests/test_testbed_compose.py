@@ -8,7 +8,7 @@ from pathlib import Path
 
 from drift.data import DataConfig, load_records
 from drift.eval.heldout import read_heldout, score_rows, summarize
-from drift.testbed import gold_reward, load_specs, preference_kind
+from drift.eval.gold import gold_reward, load_specs, preference_kind
 
 FIXTURES = Path(__file__).resolve().parent.parent / "drift" / "data" / "fixtures"
 sys.path.insert(0, str(FIXTURES))

@@ -5,7 +5,7 @@ What each source yields, and why:
 - ``fixture`` / ``testbed`` / ``wildfeedback`` with hub_config=sat_dsat_annotation: labelled conversations,
   read by drift/data/annotation.py into DSAT cases, SAT replies and DSAT->SAT seed pairs. This is the
   paper's real-dissatisfaction setting. The fixture is our own hand-written file in that schema; the
-  testbed is too, with checkable preferences and a rule-based gold reward (drift/testbed.py).
+  testbed is too, with checkable preferences and a rule-based gold reward (drift/eval/gold.py).
 - ``wildfeedback`` with hub_config=wildfeedback: each row is the WildFeedback authors' DPO pair:
   ``conversations`` (the history, ending with the user turn the reply answered), ``rejected`` (the
   reply the user was dissatisfied with) and ``chosen`` (a preferred reply the authors generated from
@@ -40,7 +40,7 @@ from drift.data.records import DsatCase, PreferencePair, Records, Rejected
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 FIXTURE_ANNOTATION = FIXTURE_DIR / "sat_dsat_annotation.jsonl"
-# the verifiable testbed: the same schema, plus each conversation's preference spec (drift/testbed.py)
+# the verifiable testbed: the same schema, plus each conversation's preference spec (drift/eval/gold.py)
 # data=testbed: the composed testbed at scale (testbed_compose.py); the 53 hand-written
 # conversations (testbed_build.py) stay in testbed.jsonl, data.path=drift/data/fixtures/testbed.jsonl
 TESTBED_ANNOTATION = FIXTURE_DIR / "testbed_scale.jsonl"

@@ -32,7 +32,7 @@ class HeldoutError(ValueError):
 def read_heldout(path: str | Path) -> list[dict]:
     """The rows of a held-out file; ``testbed`` names the shipped split."""
     from drift.data.sources import TESTBED_HELDOUT
-    from drift.testbed import validate_spec
+    from drift.eval.gold import validate_spec
 
     path = TESTBED_HELDOUT if str(path) == "testbed" else Path(path)
     if not path.is_file():
@@ -57,7 +57,7 @@ def eval_sampler(sampler: SamplerConfig, max_new_tokens: int) -> SamplerConfig:
 
 
 def score_rows(samples: list[dict], heldout: list[dict]) -> list[dict]:
-    from drift.testbed import gold_reward, words
+    from drift.eval.gold import gold_reward, words
 
     by_id = {row["prompt_id"]: row for row in heldout}
     scored = []

@@ -6,7 +6,7 @@
 For each run trained with ``data=testbed`` and each iteration k >= 1 it reads
 
 - ``iter_k/sample/samples.jsonl``: the replies the policy of iteration k-1 wrote for that
-  iteration's pairs, scored with the gold reward (drift/testbed.py) against their conversation's
+  iteration's pairs, scored with the gold reward (drift/eval/gold.py) against their conversation's
   preference spec. Which prompts were sampled depends on the method (drift: guided; drift_unguided:
   original; spin: the history before the SAT reply, which already holds the feedback; iterdpo:
   both), so the table splits them by prompt kind;
@@ -39,7 +39,7 @@ from typing import Any, Literal, Optional
 
 from drift.checks import check, check_choice, string_list
 from drift.io import read_jsonl, write_json_atomic, write_text_atomic
-from drift.testbed import conversation_of, gold_reward, load_specs, words
+from drift.eval.gold import conversation_of, gold_reward, load_specs, words
 
 COMMAND = "testbed"
 EvalMode = Literal["last", "all", "none"]
@@ -337,7 +337,7 @@ def render_report(runs: list[dict]) -> str:
     first = runs[0]
     lines += [
         f"{first['conversations']} conversations ({first['seed_conversations']} seed conversations: their revision is a "
-        "warm-start pair and a SPIN SAT reply). Gold reward: mean rule score in [0, 1] (drift/testbed.py); pass: every "
+        "warm-start pair and a SPIN SAT reply). Gold reward: mean rule score in [0, 1] (drift/eval/gold.py); pass: every "
         "rule met; cut: share stopped at sampler.max_new_tokens; words: mean reply length (word limits, no code, no list "
         "and avoid-a-word rules are easy to meet by saying little). The real DSAT replies score "
         f"{_cell(first['dsat_replies']['gold'])} (pass {_cell(first['dsat_replies']['pass_rate'])}); the revisions 1.",

@@ -35,7 +35,7 @@ from drift.config import ModelConfig, SamplerConfig
 from drift.data.files import SchemaError
 from drift.io import mark_done, write_json_atomic, write_jsonl_atomic
 from drift.data.records import Rejected
-from drift.export import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
+from drift.eval.benchmarks import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
 
 USAGE = ("python launch/analyze.py export checkpoint=PATH benchmark=alpaca_eval|wildbench|advbench|toxigen "
          "prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format=chat_template|raw_text] "

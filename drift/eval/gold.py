@@ -11,7 +11,7 @@ Rules whose target is a count give partial credit (a 90-word reply against a 50-
 50/90), so a policy that moves toward the preference shows it before it gets there; rules that are
 yes/no (no code, ends with a question) score 0 or 1.
 
-    from drift.testbed import gold_reward, load_specs
+    from drift.eval.gold import gold_reward, load_specs
     specs = load_specs()                                   # conversation id -> spec
     gold_reward("Short answer?", specs["tb-word-limit-volcano"]).score
 """

@@ -1,6 +1,6 @@
 """Benchmark exports: read a benchmark's prompt file as published, and write the file its harness reads.
 
-Pure pieces only (the command that samples lives in drift/analysis/export.py):
+Pure pieces only (the command that samples lives in drift/eval/export.py):
 
   read_benchmark(name, path)  -> BenchmarkItem per usable row, Rejected per bad row (never dropped)
   sampler_rows(items)         -> rows for the sampler process's prompts.jsonl
