@@ -49,7 +49,7 @@ from drift.sampler.process import (
 )
 from drift.sampler.engine import StaticDecoder, draw_tokens, engine_unsupported_reason, generate_continuous
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "launch" / "sample.py"
 ROW_KEYS = {"prompt_id", "sample_index", "text", "num_tokens", "finish_reason", "seed", "backend",
             "prompt_hash", "checkpoint_fingerprint", "attempts"}
@@ -468,6 +468,7 @@ def sampler_command(checkpoint: Path, prompts: Path, out_dir: Path, *overrides: 
             "sampler=hf", "max_prompt_length=128", "prompt_format=chat_template", "device=cpu", *overrides]
 
 
+@pytest.mark.integration  # starts a process
 def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkpoint, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 5, long_prompt=True)
     out_dir = tmp_path / "sample"
@@ -511,6 +512,7 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
     assert read_jsonl(rerun / SAMPLES_FILE) == samples
 
 
+@pytest.mark.integration  # starts a process
 def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 48)
     out_dir = tmp_path / "sample"

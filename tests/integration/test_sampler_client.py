@@ -13,14 +13,8 @@ from drift.sampler.client import DONE, SamplingJob, request_identity, sample, sa
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    tokenizer = build_byte_tokenizer()
-    model = load_model(ModelConfig(name="tiny", name_or_path="tiny:llama"), dtype=torch.float32, seed=0,
-                       vocab_size=len(tokenizer))
-    folder = tmp_path_factory.mktemp("ckpt") / "policy"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 def rows(count: int) -> tuple[dict, ...]:

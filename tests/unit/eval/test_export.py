@@ -29,7 +29,7 @@ from drift.data.files import SchemaError
 from drift.eval.benchmarks import output_rows, read_benchmark, sampler_rows
 from drift.model import build_byte_tokenizer, load_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 BENCH = ROOT / "drift" / "data" / "fixtures" / "benchmarks"
 ALPACA, WILDBENCH, ADVBENCH, TOXIGEN = (BENCH / "alpaca_eval.json", BENCH / "wildbench_v2.jsonl",
                                         BENCH / "harmful_behaviors.csv", BENCH / "neutral_women_1k.txt")
@@ -206,14 +206,8 @@ def test_command_arguments_fail_with_a_sentence():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    tokenizer = build_byte_tokenizer()
-    model = load_model(ModelConfig(name="tiny", name_or_path="tiny:llama"), dtype=torch.float32, seed=0,
-                       vocab_size=len(tokenizer))
-    folder = tmp_path_factory.mktemp("run") / "demo" / "iter_2" / "train" / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def checkpoint(tmp_path_factory, save_tiny_checkpoint) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run") / "demo" / "iter_2" / "train" / "model")
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """The shipped fixtures: reproducible from their source, counts worked out by hand, prepare_data end to end."""
 
+import pytest
 import json
 import os
 import runpy
@@ -72,6 +73,7 @@ def run_prepare(tmp_path, *overrides):
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.integration  # starts a process
 def test_prepare_data_fixture_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = run_prepare(tmp_path, f"out_dir={out}")
@@ -87,6 +89,7 @@ def test_prepare_data_fixture_end_to_end(tmp_path):
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
 
 
+@pytest.mark.integration  # starts a process
 def test_prepare_data_wrong_schema_exits_with_a_sentence(tmp_path):
     result = run_prepare(tmp_path, "data=drift_jsonl", f"data.path={FIXTURE_DIR / 'wildfeedback_pairs.jsonl'}",
                          f"out_dir={tmp_path / 'out'}")

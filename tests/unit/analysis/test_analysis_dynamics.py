@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: tiny_stage.py
 
 from tiny_stage import main as run_tiny_stage  # noqa: E402
 
@@ -116,11 +116,12 @@ def test_overrides_fail_with_a_sentence(capsys):
     assert "give at least one run=" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # starts a process
 def test_the_command_line_is_a_hydra_app(tmp_path):
     """--cfg job prints the composed config; a missing value fails with one sentence before anything loads."""
     import subprocess
 
-    analyze = [sys.executable, str(Path(__file__).resolve().parent.parent / "launch" / "analyze.py")]
+    analyze = [sys.executable, str(Path(__file__).resolve().parents[3] / "launch" / "analyze.py")]
     printed = subprocess.run([*analyze, "coverage", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert printed.returncode == 0, printed.stderr
     assert "m: 128" in printed.stdout and "quantile: 0.8" in printed.stdout and "truncated: keep" in printed.stdout

@@ -10,7 +10,7 @@ from drift.data import DataConfig, load_records
 from drift.eval.heldout import read_heldout, score_rows, summarize
 from drift.eval.gold import gold_reward, load_specs, preference_kind
 
-FIXTURES = Path(__file__).resolve().parent.parent / "drift" / "data" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "drift" / "data" / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 
 from testbed_compose import (  # noqa: E402

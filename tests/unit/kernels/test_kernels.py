@@ -6,7 +6,7 @@ Tiles and chunks are shrunk so the small shapes span many of them, with sizes th
 nothing. Triton runs in a subprocess under TRITON_INTERPRET=1 (the variable must be set before
 its kernels are defined, and it must not leak into the other tests of this process).
 
-Run as a script (python tests/test_kernels.py triton) it checks one implementation on all cases;
+Run as a script (python tests/unit/kernels/test_kernels.py triton) it checks one implementation on all cases;
 that is what the Triton test does in its subprocess.
 """
 
@@ -223,6 +223,7 @@ def test_flash_attn_wrapper_against_a_stand_in_for_its_kernel(monkeypatch):
         assert len(backward_calls) == len(forward_calls)
 
 
+@pytest.mark.integration  # starts a process
 def test_triton_matches_fp64_reference_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(

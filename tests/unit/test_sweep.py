@@ -1,13 +1,15 @@
 """Hydra multirun: one folder per job and a sweep summary written when the sweep ends."""
 
+import pytest
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration  # starts a process
 def test_multirun_writes_one_folder_per_job_and_a_summary(tmp_path):
     command = [
         sys.executable, "launch/train.py", "-m", "model=tiny", "method=drift,spin", "method.iterations=1",

@@ -14,7 +14,7 @@ from drift.eval import testbed as report
 from drift.data import DataConfig, load_records
 from drift.eval.gold import SpecError, conversation_of, gold_reward, load_specs, validate_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "drift" / "data" / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from testbed_conversations import TESTBED_CONVERSATIONS  # noqa: E402

@@ -26,6 +26,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
 
 
+@pytest.mark.integration  # starts a process
 def test_import_and_cpu_use_load_neither_triton_nor_flash_attn():
     result = run_python(
         "import sys, torch\n"
@@ -82,6 +83,7 @@ def test_forcing_triton_with_fp64_names_the_dtypes_it_takes(monkeypatch):
         resolve_impl("triton", CUDA, torch.float64)
 
 
+@pytest.mark.integration  # starts a process
 def test_forced_triton_on_cpu_through_the_public_entry_point_raises():
     # the real packages here: triton is installed, TRITON_INTERPRET is unset in the child
     result = run_python(
@@ -95,6 +97,7 @@ def test_forced_triton_on_cpu_through_the_public_entry_point_raises():
     assert "TRITON_INTERPRET=1" in result.stdout
 
 
+@pytest.mark.integration  # starts a process
 def test_triton_imported_before_the_interpreter_was_requested_is_refused():
     result = run_python(
         "import os, torch, drift.kernels as k\n"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from drift.model import build_byte_tokenizer, load_model
 from tests.tiny import tiny_config
 
-SCRIPT = Path(__file__).parent / "tiny_stage.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tiny_stage.py"
 
 
 def _run(command: list[str]) -> None:

@@ -15,8 +15,8 @@ from drift.parallel import SequenceLogprobModel, sequence_logps
 from drift.tokenize import collate_sequences
 from tests.tiny import synthetic_pairs, tiny_config
 
-SCRIPT = Path(__file__).parent / "tiny_stage.py"
-KILL_AFTER_CHECKPOINT = Path(__file__).parent / "kill_after_checkpoint.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tiny_stage.py"
+KILL_AFTER_CHECKPOINT = Path(__file__).resolve().parents[1] / "kill_after_checkpoint.py"
 
 
 def _stage(out: Path, *, kill_after: int = 0) -> subprocess.CompletedProcess:

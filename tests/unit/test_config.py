@@ -73,6 +73,7 @@ def test_unknown_key_is_named():
         structured(raw, Config)
 
 
+@pytest.mark.integration  # starts a process
 def test_entry_point_fails_before_loading_the_model(tmp_path):
     # the model path does not exist: if anything were loaded first, the error would be about it
     command = [
@@ -85,6 +86,7 @@ def test_entry_point_fails_before_loading_the_model(tmp_path):
     assert "nonexistent" not in result.stderr
 
 
+@pytest.mark.integration  # starts a process
 def test_a_value_of_the_wrong_type_is_one_sentence_before_anything_loads(tmp_path):
     command = [sys.executable, "launch/train.py", "trainer.lr=abc", f"output_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
