@@ -56,7 +56,9 @@ def run_row(run: Path) -> dict:
     row = {"run": str(run), **{column: lookup(config, key) for column, key in LEVERS.items()},
            "global_batch": trainer["per_device_batch_size"] * trainer["grad_accum_steps"]}
     # start: Hydra writes .hydra/ before the run; end: the summary is the run's last write
-    row["minutes"] = round(((run / "summary.json").stat().st_mtime - (run / ".hydra" / "config.yaml").stat().st_mtime) / 60, 1)
+    minutes = ((run / "summary.json").stat().st_mtime - (run / ".hydra" / "config.yaml").stat().st_mtime) / 60
+    # a run copied from elsewhere (its files written together) has no wall clock left to read
+    row["minutes"] = round(minutes, 1) if minutes > 0.5 else None
     row["stages"] = {
         name: {"gold": result["gold"], "cut_share": result["cut_share"],
                **{kind: result["by_kind"][kind]["gold"] for kind in result.get("by_kind", {})}}
@@ -72,7 +74,7 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: -final_gold(r)):
         cells = [row["method"], f"{row['lr']:g}", f"{row['beta']:g}", str(row["global_batch"]), str(row["warmstart_epochs"]),
-                 str(row["iterations"]), str(row["seed"]), f"{row['minutes']:g}"]
+                 str(row["iterations"]), str(row["seed"]), "–" if row["minutes"] is None else f"{row['minutes']:g}"]
         for name in stage_names:
             stage = row["stages"].get(name)
             cells.append("" if stage is None else f"{stage['gold']:.3f} ({stage.get('stated', float('nan')):.3f}/{stage.get('revealed', float('nan')):.3f})")
