@@ -71,7 +71,7 @@ def _our_config(args, out: Path):
         method=MethodConfig(name="warmstart", beta=0.1, rpo_alpha=0.0, warmstart_epochs=1),
         trainer=TrainerConfig(
             lr=5e-7, per_device_batch_size=args.batch // args.world, max_length=args.max_length,
-            max_prompt_length=3 * args.max_length // 4, precision="auto", logprob_impl=args.logprob_impl,
+            max_prompt_length=3 * args.max_length // 4, precision=args.precision, logprob_impl=args.logprob_impl,
             max_tokens_per_forward=args.max_tokens_per_forward,
         ),
         logging=LoggingConfig(wandb_mode="disabled", progress_bar=False),
@@ -82,6 +82,7 @@ def _our_config(args, out: Path):
 
 def run_ours(args, out: Path) -> dict:
     from drift.data.records import PreferencePair
+    from drift.io import read_done, read_jsonl
     from drift.model import load_tokenizer, resolve_source
     from drift.parallel import init_runtime
     from drift.tokenize import tokenize_pairs
@@ -108,8 +109,8 @@ def run_ours(args, out: Path) -> dict:
     total = time.perf_counter() - started
     result = {"rank": runtime.rank, "peak_rss_bytes": peak_rss_bytes(), "wall_seconds": total}
     if runtime.is_main:
-        history = [json.loads(line) for line in (stage.folder / "metrics.jsonl").read_text().splitlines()]
-        done = json.loads((stage.folder / "done").read_text())
+        history = read_jsonl(stage.folder / "metrics.jsonl")
+        done = read_done(stage.folder)
         result.update(
             step_seconds=[r["seconds"] for r in history],
             step_tokens=[r["tokens"] for r in history],
@@ -135,6 +136,7 @@ def _reference_reuse(args, config, runtime, tokenizer, tokenized, out: Path) -> 
     """
     if runtime.distributed:
         return {}
+    from drift.io import read_done
     from drift.model import resolve_source
     from drift.tokenize import TokenizedPair, TokenSequence
     from drift.train import Stage, train_stage
@@ -150,7 +152,7 @@ def _reference_reuse(args, config, runtime, tokenizer, tokenized, out: Path) -> 
         ]
         stage = Stage(f"iter_{iteration}", out / f"reuse_{iteration}", fresh, initial, initial, 1, out / "reuse_cache")
         train_stage(config, runtime, stage, tokenizer)
-        counts.append(json.loads((stage.folder / "done").read_text())["reference_sequences"])
+        counts.append(read_done(stage.folder)["reference_sequences"])
     return {"reference_sequences_per_iteration_initial_reference": counts}
 
 
@@ -298,7 +300,9 @@ def child(args) -> None:
             args, out, precompute=args.variant.startswith("trl_precompute"), liger=args.variant == "trl_liger",
             accum=args.batch if args.variant == "trl_precompute_accum" else 1,
         )
-    (out / f"result_rank{result['rank']}.json").write_text(json.dumps(result))
+    from drift.io import write_json_atomic
+
+    write_json_atomic(out / f"result_rank{result['rank']}.json", result, indent=None)
 
 
 def launch(variant: str, args) -> dict:
@@ -307,6 +311,7 @@ def launch(variant: str, args) -> dict:
         str(Path(__file__).resolve()), "--child", "--variant", variant, "--out-dir", str(out), "--pairs", str(args.pairs),
         "--batch", str(args.batch), "--max-length", str(args.max_length), "--seed", str(args.seed), "--model", args.model,
         "--logprob-impl", args.logprob_impl, "--max-tokens-per-forward", str(args.max_tokens_per_forward),
+        "--precision", args.precision,
     ]
     if variant == "ours_torchrun2":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *base, "--world", "2"]
@@ -346,7 +351,7 @@ def launch(variant: str, args) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--pairs", type=int, default=32)
@@ -356,6 +361,10 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:smollm2")
     parser.add_argument("--logprob-impl", default="auto")
     parser.add_argument(
+        "--precision", default="auto", choices=("auto", "bf16", "fp32"),
+        help="ours: trainer.precision (auto: bf16 on GPU, fp32 on CPU); TRL runs bf16 on GPU either way",
+    )
+    parser.add_argument(
         "--max-tokens-per-forward", type=int, default=1024,
         help="ours: trainer.max_tokens_per_forward (the step's pairs split over forwards of at most this many tokens; 0: one forward)",
     )
@@ -364,7 +373,11 @@ def main() -> None:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--out-dir", help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     sys.path.insert(0, str(ROOT))
     if args.child:
         child(args)
@@ -418,13 +431,14 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(),
-        "dtype": "bf16" if device == "cuda" else "fp32",
-        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl", "max_tokens_per_forward")},
+        "dtype": ("bf16" if device == "cuda" else "fp32") if args.precision == "auto" else args.precision,
+        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl", "max_tokens_per_forward", "precision")},
         "rows": [{k: v for k, v in r.items() if k != "_index"} for r in rows],
     }
     path = Path(args.out or ROOT / "benchmarks" / "results" / f"dpo_step_{device}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    from drift.io import write_json_atomic
+
+    write_json_atomic(path, report)
     print(f"\nwrote {path}")
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from drift.config import SamplerConfig
     from drift.data import DataConfig, load_records
-    from drift.data.files import write_text_atomic
+    from drift.io import write_text_atomic
     from drift.data.prompts import GUIDANCE, ORIGINAL_KEEP_LAST, guided_keep_last, guided_prompt, original_prompt
     from drift.guidance import gold_scorer, guidance_check
     from drift.methods import check_cases

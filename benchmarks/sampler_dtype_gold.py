@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from drift.config import SamplerConfig
-    from drift.data.files import write_text_atomic
+    from drift.io import write_text_atomic
     from drift.eval.heldout import eval_sampler, evaluate_checkpoint, read_heldout
     from drift.model import ensure_embedded_smollm2
 

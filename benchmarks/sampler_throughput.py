@@ -197,7 +197,7 @@ def main() -> None:
                                 for i in ("ours", "ours_bf16", "ours_loop") if base and rate(i, batch, new_tokens)}})
             print(f"{new_tokens:>4} {batch:>5} " + " ".join(f"{c:>10.1f}" if c else f"{'-':>10}" for c in cells)
                   + "   " + "        ".join(ratios))
-    from drift.data.files import write_text_atomic
+    from drift.io import write_text_atomic
 
     out = args.out or ROOT / "benchmarks" / "results" / "sampler_throughput_cpu.json"
     write_text_atomic(out, json.dumps({

@@ -65,12 +65,41 @@ def run_row(run: Path) -> dict:
         for name, result in summary.get("heldout", {}).items()
     }
     row["steps"] = {name: stats.get("steps") for name, stats in summary["stages"].items()}
+    row["gains"] = final_gains(summary.get("heldout", {}))
     return row
+
+
+def final_gains(heldout: dict) -> dict:
+    """The last evaluated stage's paired gain (± SE) over base and over the warm start."""
+    from drift.eval.heldout import paired_gain
+
+    results = {name: with_prompt_gold(result) for name, result in heldout.items()}
+    trained = [name for name in results if name != "base"]
+    if not trained:
+        return {}
+    last = max(trained, key=stage_order)
+    gains = {anchor: paired_gain(results[last], results[anchor]) for anchor in ("base", "warmstart")
+             if anchor in results and anchor != last}
+    return {anchor: gain for anchor, gain in gains.items() if gain is not None}
+
+
+def with_prompt_gold(result: dict) -> dict:
+    """A summary written before per-prompt gold was saved: rescored from its cached samples, if still there."""
+    folder = Path(result.get("samples_folder", "")) / "samples.jsonl"
+    if result.get("prompt_gold") or not folder.is_file():
+        return result
+    from drift.eval.heldout import prompt_means, read_heldout, score_rows
+    from drift.io import read_jsonl
+
+    heldout = read_heldout("testbed")
+    scored = score_rows(read_jsonl(folder), heldout)
+    return {**result, "prompt_gold": prompt_means(scored, [row["prompt_id"] for row in heldout])}
 
 
 def format_table(rows: list[dict]) -> str:
     stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
-    header = ["method", "lr", "beta", "batch", "ws ep", "iters", "seed", "min"] + [f"{name} gold (stated/revealed)" for name in stage_names]
+    header = (["method", "lr", "beta", "batch", "ws ep", "iters", "seed", "min"] + [f"{name} gold (stated/revealed)" for name in stage_names]
+              + ["last - warm start (± SE)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: -final_gold(r)):
         cells = [row["method"], f"{row['lr']:g}", f"{row['beta']:g}", str(row["global_batch"]), str(row["warmstart_epochs"]),
@@ -78,6 +107,8 @@ def format_table(rows: list[dict]) -> str:
         for name in stage_names:
             stage = row["stages"].get(name)
             cells.append("" if stage is None else f"{stage['gold']:.3f} ({stage.get('stated', float('nan')):.3f}/{stage.get('revealed', float('nan')):.3f})")
+        gain = row.get("gains", {}).get("warmstart")
+        cells.append("–" if gain is None else f"{gain['gain']:+.3f} ± {gain['se']:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -109,19 +140,27 @@ def plot(rows: list[dict], path: Path, by: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from drift.io import atomic_target
+
+    with atomic_target(path) as staging:
+        fig.savefig(staging, format="png", dpi=120)
 
 
 def main() -> None:
-    from drift.data.files import write_text_atomic
+    from drift.io import write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "testbed_search")
     parser.add_argument("--by", choices=("run", "method"), default="run", help="label plot lines by run levers or by method")
+    parser.add_argument("--merge", type=Path, help="an earlier search.json whose rows are kept beside the runs found")
     args = parser.parse_args()
 
     rows = [run_row(run) for run in find_runs(args.folders)]
+    if args.merge:
+        # rows of runs whose folders are gone (an earlier machine), kept as they were measured
+        on_disk = {row["run"] for row in rows}
+        rows = [row for row in json.loads(args.merge.read_text()) if row["run"] not in on_disk] + rows
     if not rows:
         raise SystemExit(f"no run with a summary.json in {', '.join(map(str, args.folders))}")
     args.out.mkdir(parents=True, exist_ok=True)

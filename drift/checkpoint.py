@@ -1,26 +1,35 @@
-"""Checkpoints: HF folders (safetensors, loadable by AutoModelForCausalLM) plus the trainer state.
+"""Checkpoints: the resumable state (torch.distributed.checkpoint) and the stage's final HF folder.
 
 Layout of a training stage folder:
-  checkpoint/            latest resumable state: HF model files + optimizer.pt + trainer_state.json
-  model/                 the final policy (HF folder), written when the stage finishes
-Every folder is written under a temp name and renamed in, so a kill never leaves half a checkpoint.
+  checkpoint/            latest resumable state: trainer_state.json + state/ (torch.distributed.checkpoint:
+                         every rank's shards of the fp32 weights and of the optimizer state, written
+                         by that rank; nothing is gathered)
+  model/                 the final policy, an HF folder (safetensors, loadable by AutoModelForCausalLM
+                         and vLLM) in the training precision (bf16 on GPU, fp32 on CPU), written when
+                         the stage finishes
+Every folder is written under a temp name and swapped in (drift.io.replace_dir), so a kill never
+leaves half a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from drift.io import replace_dir
 from drift.model import save_hf_checkpoint
 from drift.parallel import Runtime, barrier
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
+SHARDED_STATE = "state"  # torch.distributed.checkpoint folder inside checkpoint/
+STAGING_PREFIX = ".checkpoint.tmp-"
 
 
 @dataclass
@@ -33,16 +42,6 @@ class TrainerState:
     reference_seconds: float = 0.0
 
 
-def _full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer | None):
-    """Full (unsharded) CPU state dicts, gathered from every rank; a collective call."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_state = get_model_state_dict(model, options=options)
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
-    return model_state, optimizer_state
-
-
 def _hf_state(model: nn.Module, state: dict) -> dict:
     """Wrapper keys -> HF keys; a tied head is the embedding, so it is not written twice."""
     state = {key.removeprefix("causal_lm."): value for key, value in state.items()}
@@ -51,26 +50,61 @@ def _hf_state(model: nn.Module, state: dict) -> dict:
     return state
 
 
-def save_policy(model: nn.Module, tokenizer, folder: Path, runtime: Runtime) -> None:
-    """The policy alone, as an HF folder (what the sampler and the next iteration load)."""
-    model_state, _ = _full_state_dicts(model, None)
+def gathered_state(model: nn.Module, runtime: Runtime, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0's host, floating tensors cast to ``dtype`` ({} on the other ranks).
+
+    One tensor at a time (a collective for a sharded one): the transient is one full fp32 tensor
+    per device, and rank 0's host holds the model once, in ``dtype``.
+    """
+    from torch.distributed.tensor import DTensor
+
+    gathered: dict[str, torch.Tensor] = {}
+    done: dict[int, str] = {}  # a tied tensor is one object under two names (keep_vars): gather it once
+    with torch.no_grad():
+        for name, value in model.state_dict(keep_vars=True).items():
+            if id(value) in done:
+                if runtime.is_main:
+                    gathered[name] = gathered[done[id(value)]]
+                continue
+            done[id(value)] = name
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            if runtime.is_main:
+                gathered[name] = (full.to(dtype) if full.is_floating_point() else full).detach().cpu()
+    return gathered
+
+
+def save_policy(model: nn.Module, tokenizer, folder: Path, runtime: Runtime, dtype: torch.dtype | None = None) -> None:
+    """The policy alone, as an HF folder (what the sampler and the next iteration load), in ``dtype``
+    (default: the training precision, ``runtime.dtype``); a collective call."""
+    dtype = dtype or runtime.dtype
+    state = gathered_state(model, runtime, dtype)
     if runtime.is_main:
-        save_hf_checkpoint(model.causal_lm, tokenizer, _hf_state(model, model_state), Path(folder))
+        save_hf_checkpoint(model.causal_lm, tokenizer, _hf_state(model, state), Path(folder), dtype=dtype)
     barrier(runtime)
 
 
-def save_checkpoint(model: nn.Module, optimizer, tokenizer, state: TrainerState, stage_dir: Path, runtime: Runtime) -> Path:
-    from drift.model import replace_dir
-    import tempfile
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState, stage_dir: Path,
+                    runtime: Runtime) -> Path:
+    """Every rank writes its own shards of the weights and optimizer state into a temp folder, which
+    rank 0 swaps in (drift.io.replace_dir) once all are written (with trainer_state.json); a
+    collective call. The staging name is fixed (not drift.io.atomic_dir's random one) because
+    every rank has to know it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optimizer_state = _full_state_dicts(model, optimizer)
-    target = Path(stage_dir) / CHECKPOINT
+    stage_dir = Path(stage_dir)
+    staging = stage_dir / f"{STAGING_PREFIX}{state.global_step}"
     if runtime.is_main:
-        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=stage_dir))
-        model.causal_lm.save_pretrained(staging, state_dict=_hf_state(model, model_state), safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        torch.save(optimizer_state, staging / OPTIMIZER_FILE)
+        for leftover in stage_dir.glob(f"{STAGING_PREFIX}*"):  # a save that was killed
+            shutil.rmtree(leftover)
+        staging.mkdir(parents=True)
+    barrier(runtime)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    # returns on every rank once rank 0 has written the metadata, i.e. once every shard is on disk
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging / SHARDED_STATE,
+             no_dist=not runtime.distributed)
+    target = stage_dir / CHECKPOINT
+    if runtime.is_main:
         (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         replace_dir(staging, target)
     barrier(runtime)
@@ -90,8 +124,20 @@ def read_state(checkpoint: Path) -> TrainerState:
     return TrainerState(**json.loads((Path(checkpoint) / STATE_FILE).read_text()))
 
 
-def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
+    """Fill the (sharded) model and its optimizer from ``checkpoint``: each rank reads its own shards,
+    bit for bit what was saved. The model may hold anything before (uninitialized shards)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    state = torch.load(Path(checkpoint) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    folder = Path(checkpoint) / SHARDED_STATE
+    if not (folder / ".metadata").exists():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {SHARDED_STATE}/.metadata: it was written by an older drift (an HF folder with "
+            f"optimizer.pt) or is damaged; start the stage again (delete {checkpoint}) or use a new run_name"
+        )
+    # the optimizer state is created here (a zero-lr step), so that there are tensors to load into
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=folder, no_dist=not (dist.is_available() and dist.is_initialized()))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

@@ -29,7 +29,8 @@ SamplerEngine = Literal["auto", "static", "loop"]
 VllmSeedMode = Literal["per_request", "per_batch"]
 TruncatedPolicy = Literal["drop", "resample", "keep"]
 WandbMode = Literal["offline", "online", "disabled"]
-EvalStages = Literal["all", "last", "none"]
+# which checkpoints are evaluated: the trainer's eval.stages, the testbed report's eval
+EvalStages = Literal["last", "all", "none"]
 
 
 def choices(literal) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ before anything is loaded. ``compose`` does the same without a command line (tes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -19,7 +20,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from drift.checks import ConfigError
@@ -89,8 +91,10 @@ def compose(config_name: str, overrides: Iterable[str], schema: type[Schema], co
 
 def run_app(app: Callable[[], Any], config_name: str, schema: type, *, error_prefix: str) -> None:
     """Register ``schema`` and run the Hydra app; a value that does not compose prints one sentence
-    and exits 2 (the task function checks the composed config with ``validated``)."""
+    and exits 2 (the task function checks the composed config with ``validated``, and so does
+    ``ValidateBeforeRunDir`` before Hydra makes the run folder, when the app's YAML lists it)."""
     register(config_name, schema)
+    _APPS[config_name] = (schema, error_prefix)
     # Hydra reports a failed composition in several lines and lets the exception reach us only when
     # HYDRA_FULL_ERROR is set; a user who set it wants the traceback, so it is not ours to catch then
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -101,6 +105,29 @@ def run_app(app: Callable[[], Any], config_name: str, schema: type, *, error_pre
         if wants_traceback:
             raise
         exit_with_sentence(error_prefix, sentence(error))
+
+
+# config name -> (schema, error prefix) of the app run_app is running, for ValidateBeforeRunDir
+_APPS: dict[str, tuple[type, str]] = {}
+
+
+class ValidateBeforeRunDir(Callback):
+    """A Hydra callback that validates a single run's config before Hydra creates its run folder.
+
+    Hydra writes <run dir>/.hydra/ and the job's log file before it calls the task function, so a
+    config that only the task function rejected left an empty run folder behind. ``on_run_start``
+    comes before both; a rejected config prints its sentence and exits 2 here. A multirun's jobs
+    are composed one at a time inside the sweep, so they are still checked by the task function.
+    """
+
+    def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        if config_name not in _APPS:  # not started through run_app: the task function validates
+            return
+        schema, error_prefix = _APPS[config_name]
+        task_config = copy.deepcopy(config)
+        with read_write(task_config), open_dict(task_config):
+            del task_config["hydra"]  # what the task function receives (as Hydra's run_job does)
+        validated(task_config, schema, error_prefix=error_prefix)
 
 
 def check_each_key_once(overrides: Iterable[str]) -> None:

@@ -6,27 +6,22 @@ the training-dynamics analysis: distributions of sigma(-s), not only their means
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from drift.config import LoggingConfig
-from drift.io import read_jsonl, write_jsonl_atomic
+from drift.io import append_jsonl, read_jsonl, write_jsonl_atomic
 
 
 PAIR_METRICS = "pair_metrics.jsonl"
 
 
 def _drop_steps_after(path: Path, step: int) -> None:
-    """A resumed run rewrites the steps after its checkpoint: drop what a killed run logged past it."""
+    """A resumed run rewrites the steps after its checkpoint: drop what a killed run logged past it
+    (a row it was killed while writing included)."""
     if not path.exists():
         return
-    write_jsonl_atomic(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("a") as stream:
-        stream.write("".join(json.dumps(row) + "\n" for row in rows))
-        stream.flush()
+    rows = read_jsonl(path, torn_tail_ok=True)
+    write_jsonl_atomic(path, [row for row in rows if row.get("step", 0) <= step])
 
 
 class MetricsLog:
@@ -56,13 +51,13 @@ class MetricsLog:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        _append_jsonl(self.path, [record])
+        append_jsonl(self.path, [record])
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
 
     def log_pairs(self, step: int, epoch: int, rows: list[dict]) -> None:
         if self.enabled:
-            _append_jsonl(self.pairs_path, [{"step": step, "epoch": epoch, **row} for row in rows])
+            append_jsonl(self.pairs_path, [{"step": step, "epoch": epoch, **row} for row in rows])
 
     def close(self) -> None:
         if self._wandb is not None:
@@ -74,4 +69,4 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return read_jsonl(path)
+    return read_jsonl(path, torn_tail_ok=True)  # a run still training (or killed) may be mid-row

@@ -3,20 +3,62 @@
 Order (torchtitan's): activation checkpointing (set when the model is loaded), then
 ``fully_shard`` on each decoder layer, then on the root. The root is :class:`SequenceLogprobModel`
 so the fused log-prob head runs inside the root's forward, while FSDP has the lm_head unsharded.
+
+Memory at scale (per rank, N ranks, P parameters; what benchmarks/memory_plan.py models):
+- Loading (drift.train._build_policy): every rank builds the model with its parameters on the meta
+  device (no storage; buffers such as rotary inv_freq are real and small). Only rank 0 reads the
+  weights, into its host memory (fp32: 4P bytes of host memory for rank 0, none for the others).
+  ``fully_shard`` then runs on the meta model (nothing is moved or copied), ``_materialize``
+  allocates each rank's fp32 shard on the device (4P/N), and ``load_full_state`` broadcasts rank 0's
+  tensors one at a time (transient: one full fp32 tensor on every device, the largest being the
+  embedding or the head). A resumed stage skips rank 0's read: the checkpoint fills the shards.
+  The reference fingerprint (drift.reference.weights_fingerprint) gathers the tensors the same
+  way, one at a time.
+- Training: fp32 master shards 4P/N; optimizer state shards (RMSprop 4P/N, AdamW 8P/N); gradients
+  sharded fp32 4P/N. Forward and backward all-gather one decoder layer at a time in the compute
+  dtype (bf16: 2 bytes x the layer's parameters), freed after it; the root's unit (embedding,
+  head, final norm; FSDP does not reshard the root after its forward) stays gathered from the
+  forward until its backward ends, and the fused head runs inside it. Backward reduce-scatters each
+  unit's gradient in fp32 (reduce_dtype: a transient full fp32 gradient of one unit).
+- Gradient accumulation (trainer.accumulate_sharded_grads=true, the default): every micro-batch
+  reduce-scatters and FSDP adds the result into the sharded gradient, so no full gradient lives
+  between micro-batches. =false skips the reduce-scatter on all but the last micro-batch, and FSDP
+  then keeps an unsharded fp32 gradient of every parameter (4P per rank) until the step's last one.
+- Reference (method.reference=initial, or a resumed stage whose cache misses): a second model
+  built the same way (fp32 shards 4P/N, no gradients, no optimizer), freed before training starts.
+- Checkpoints (drift.checkpoint): torch.distributed.checkpoint, every rank writes its own shards of
+  weights and optimizer state; nothing is gathered. The stage's final model/ is gathered one
+  tensor at a time (``full_tensor``, transient: one full fp32 tensor per device) and rank 0 keeps
+  it on the host in the training dtype (bf16 on GPU: 2P bytes of host memory on rank 0).
+- Sampler turn (drift.pipeline.sample_stage): the trainer drops the model, optimizer and FSDP
+  state and empties the CUDA cache first; ranks > 0 then wait on a file marker (a sleep loop, no
+  collective, no GPU kernel) while rank 0's sampler process has the GPUs. Every ``barrier`` runs
+  on a gloo (CPU) group, so no barrier spins a kernel on a GPU.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from drift import kernels
+from drift.io import write_text_atomic
 from drift.tokenize import SequenceBatch
+
+T = TypeVar("T")
+
+# how long a rank waits for the others: rank 0 runs the sampler process between iterations
+WAIT_TIMEOUT = timedelta(hours=6)
+# barriers on the CPU (gloo): an NCCL barrier would spin a kernel on every GPU while it waits
+_cpu_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +94,11 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         # long timeout: the other ranks wait while rank 0 runs the sampler process between iterations
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", device_id=target if use_cuda else None, timeout=timedelta(hours=6)
+            backend="nccl" if use_cuda else "gloo", device_id=target if use_cuda else None, timeout=WAIT_TIMEOUT
         )
+    global _cpu_group
+    if world_size > 1 and use_cuda and _cpu_group is None:
+        _cpu_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     if precision == "auto":
         precision = "bf16" if use_cuda else "fp32"
     if precision == "bf16" and not use_cuda:
@@ -63,8 +108,59 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 
 def barrier(runtime: Runtime) -> None:
+    """Every rank here; on the CPU (gloo), so waiting ranks leave their GPUs idle."""
     if runtime.distributed:
-        dist.barrier()
+        dist.barrier(group=_cpu_group)  # None: the default group, gloo already on CPU
+
+
+MAIN_READY = ".rank0-ready"
+MAIN_FAILED = ".rank0-failed"
+
+
+def run_on_main(runtime: Runtime, folder: Path, work: Callable[[], T], *, what: str,
+                timeout_s: float = WAIT_TIMEOUT.total_seconds(), poll_s: float = 2.0) -> T | None:
+    """Rank 0 runs ``work`` (its result is returned there, None elsewhere); the other ranks wait for
+    its marker in ``folder`` by polling the file system: no collective runs while rank 0 works, so
+    no GPU kernel spins and no collective timeout fires (the sampler process has the GPUs).
+
+    When ``work`` raises, rank 0 writes the error beside the marker and the others raise too.
+    """
+    if not runtime.distributed:
+        return work()
+    folder = Path(folder)
+    if runtime.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (MAIN_READY, MAIN_FAILED):
+            (folder / name).unlink(missing_ok=True)
+    barrier(runtime)  # every rank is here and no marker of an earlier run is left
+    if not runtime.is_main:
+        wait_for_main(folder, what=what, timeout_s=timeout_s, poll_s=poll_s)
+        return None
+    try:
+        result = work()
+    except BaseException as error:
+        write_text_atomic(folder / MAIN_FAILED, f"{type(error).__name__}: {error}")
+        raise
+    write_text_atomic(folder / MAIN_READY, "")
+    return result
+
+
+def wait_for_main(folder: Path, *, what: str, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Return once rank 0's ready marker is in ``folder``; raise when it failed or after ``timeout_s``."""
+    folder = Path(folder)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if (folder / MAIN_FAILED).exists():
+            reason = (folder / MAIN_FAILED).read_text().strip()
+            raise RuntimeError(f"rank 0 failed while {what} ({reason}); its log has the details")
+        if (folder / MAIN_READY).exists():
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for rank 0 {what}: no {folder / MAIN_READY} appeared; "
+                f"check that rank 0 is alive (its log) and that {folder} is on a file system every rank sees"
+            )
+        time.sleep(poll_s)
 
 
 def gather_objects(items: list, runtime: Runtime) -> list:
@@ -100,8 +196,9 @@ class SequenceLogprobModel(nn.Module):
         self.logprob_impl = logprob_impl
         # padding-free rows where the model's attention allows it
         self.packed = packed and supports_packing(causal_lm.config)
-        # one copy of a prompt its sequences share: our packed SDPA supports it, flash-attn's
-        # varlen kernel (contiguous sequences only) does not
+        # one copy of a prompt its sequences share: our packed attention supports it (on every
+        # backend); transformers' own flash-attn path (model.attn_implementation=flash_attention_2)
+        # takes contiguous sequences only
         attention = use_packed_attention(causal_lm) if self.packed else None
         self.share_prompts = share_prompts and attention == PACKED_SDPA
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
@@ -120,14 +217,21 @@ class SequenceLogprobModel(nn.Module):
         with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
         head = self.causal_lm.get_output_embeddings()
-        scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions)
-        weight = head.weight.to(scored.dtype)
-        bias = None if head.bias is None else head.bias.to(scored.dtype)
+        # the head GEMM runs in the compute dtype (bf16 on GPU: tensor cores), not in the fp32 that the
+        # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32
+        compute_dtype = self.autocast_dtype or hidden.dtype
+        scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions).to(compute_dtype)
+        weight = head.weight.to(compute_dtype)
+        bias = None if head.bias is None else head.bias.to(compute_dtype)
         return kernels.token_logprobs(scored, weight, batch.target_ids, bias=bias, impl=self.logprob_impl)
 
 
 def shard(model: SequenceLogprobModel, runtime: Runtime) -> SequenceLogprobModel:
-    """FSDP2 over all ranks: each decoder layer its own unit, the root holds embeddings and head."""
+    """FSDP2 over all ranks: each decoder layer its own unit, the root holds embeddings and head.
+
+    The model may be on the meta device (``drift.model.build_model_skeleton``): its shards are then
+    allocated on the device, uninitialized; ``load_full_state`` or a checkpoint fills them.
+    """
     if not runtime.distributed:
         # fp32 master weights here too; compute in the runtime dtype under autocast
         model.autocast_dtype = runtime.dtype if runtime.dtype != torch.float32 else None
@@ -138,15 +242,39 @@ def shard(model: SequenceLogprobModel, runtime: Runtime) -> SequenceLogprobModel
     mesh = init_device_mesh(runtime.device.type, (runtime.world_size,))
     # master weights stay fp32; compute in the runtime dtype, reduce gradients in fp32
     precision = MixedPrecisionPolicy(param_dtype=runtime.dtype, reduce_dtype=torch.float32)
-    model.to(runtime.device)
+    # no model.to(device) first: fully_shard moves each unit's parameters itself, one unit at a time
     for layer in decoder_of(model.causal_lm).layers:
         fully_shard(layer, mesh=mesh, mp_policy=precision)
     fully_shard(model, mesh=mesh, mp_policy=precision)
+    if any(parameter.is_meta for parameter in model.parameters()):
+        _materialize(model, runtime.device)
     return model
 
 
+def _materialize(model: nn.Module, device: torch.device) -> None:
+    """Allocate the (sharded) meta parameters on ``device``; the real buffers survive ``to_empty``."""
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers() if not buffer.is_meta}
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name in buffers:
+                buffer.copy_(buffers[name])
+
+
+def load_full_state(model: nn.Module, full_state: dict[str, torch.Tensor] | None, runtime: Runtime) -> None:
+    """Fill a sharded model from rank 0's full state dict (keys of ``model``), broadcast one tensor at
+    a time; the other ranks pass None. Every key must match (strict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if runtime.is_main and full_state is None:
+        raise ValueError("load_full_state: rank 0 must pass the full state dict")
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+    set_model_state_dict(model, full_state if runtime.is_main else {}, options=options)
+
+
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
-    """Skip the reduce-scatter on all but the last micro-batch of an accumulated step."""
+    """Whether this backward reduce-scatters; without it FSDP2 accumulates an unsharded fp32
+    gradient until one that does (trainer.accumulate_sharded_grads=false uses that)."""
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(enabled)
 

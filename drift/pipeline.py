@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from drift.config import Config
-from drift.data.records import PreferencePair, Records
+from drift.data.records import PreferencePair, Records, pair_from_row
 from drift.io import DONE, mark_done, read_done, read_jsonl, write_json_atomic, write_jsonl_atomic
 from drift.methods import build_pairs, sample_requests, uses_feedback_records
 from drift.metrics import read_metrics
 from drift.model import TINY_PREFIX, load_model, load_tokenizer, resolve_source, save_hf_checkpoint
-from drift.parallel import Runtime, barrier, init_runtime
+from drift.parallel import Runtime, barrier, init_runtime, run_on_main
 from drift.tokenize import tokenize_pairs
 from drift.train import Stage, train_stage
 
@@ -81,7 +81,8 @@ def guidance_scorer(config: Config):
 
 def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str,
                  records: Records) -> tuple[dict[str, list[str]], frozenset[tuple[str, int]], dict | None]:
-    """Rank 0 starts the sampler as its own OS process on the saved policy; the others wait.
+    """Rank 0 starts the sampler as its own OS process on the saved policy; the others wait on a file
+    marker (no collective: nothing runs on their GPUs, the sampler may use every one of them).
     Returns the texts by prompt id and sample index, which samples were cut but kept, and the
     guidance check (DRIFT with a scorer: the original prompts are sampled too)."""
     from drift.guidance import format_check, guidance_check
@@ -90,7 +91,8 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
 
     scorer, scorer_name = guidance_scorer(config)
     check = None
-    if runtime.is_main:
+
+    def run_sampler() -> None:
         requests = sample_requests(config.method.name, records, config.data.guidance,
                                    original_too=config.method.guidance_check_cases if scorer is not None else None)
         sample(SamplingJob(
@@ -98,7 +100,8 @@ def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str
             max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
             device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
         ))
-    barrier(runtime)
+
+    run_on_main(runtime, folder, run_sampler, what=f"sampling into {folder}")
     samples: dict[str, list[str]] = {}
     rows = sorted(read_samples(folder), key=lambda r: (r["prompt_id"], r["sample_index"]))
     for row in rows:
@@ -129,7 +132,7 @@ def pairs_stage(config: Config, runtime: Runtime, folder: Path, records: Records
         write_jsonl_atomic(folder / "rejects.jsonl", [asdict(reject) for reject in rejects])
         mark_done(folder, {"pairs": len(pairs), "rejected": len(rejects)})
     barrier(runtime)
-    pairs = [PreferencePair(**{**row, "prompt": tuple(row["prompt"])}) for row in read_jsonl(folder / "pairs.jsonl")]
+    pairs = [pair_from_row(row) for row in read_jsonl(folder / "pairs.jsonl")]
     if not pairs:
         raise RuntimeError(f"no pairs were built for {folder}; see {folder / 'rejects.jsonl'}")
     return pairs
@@ -218,7 +221,7 @@ def heldout_stage(config: Config, checkpoints: list[tuple[str, str]]) -> dict:
     from drift.eval.heldout import eval_sampler, evaluate_checkpoint, format_eval, read_heldout
 
     heldout = read_heldout(config.eval.heldout)
-    sampler = eval_sampler(config.sampler, config.eval.max_new_tokens)
+    sampler = eval_sampler(config.sampler, config.eval.max_new_tokens, config.eval.samples_per_prompt)
     results = {name: evaluate_checkpoint(
         checkpoint, heldout, cache_root=Path(config.output_dir) / "eval_cache", sampler=sampler,
         max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,

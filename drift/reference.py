@@ -7,8 +7,11 @@ be applied to another sequence or to another reference model.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,19 +20,24 @@ import torch.distributed as dist
 from torch import nn
 
 from drift.io import write_json_atomic
-from drift.parallel import Runtime, SequenceLogprobModel, barrier, sequence_logps, shard
-from drift.tokenize import TokenSequence, collate_sequences
+from drift.parallel import Runtime, SequenceLogprobModel, barrier, sequence_logps
+from drift.tokenize import TokenizedPair, TokenSequence, collate_sequences
 
 
 def weights_fingerprint(model: nn.Module, runtime: Runtime) -> str:
-    """Hash of every parameter's full values, by name; the same for any number of ranks.
+    """Hash of every parameter's full values, by name; the same for any number of ranks, sharded or not.
 
-    Call it before sharding: each rank hashes a disjoint share of the tensors and the digests
-    are gathered, so the cost is split across ranks.
+    Each rank hashes a disjoint share of the tensors and the digests are gathered, so the cost is
+    split across ranks. A sharded (FSDP) tensor is gathered whole in turn (a collective every rank
+    runs; transient: one full tensor), and hashed by its owner.
     """
-    named = sorted((name, tensor) for name, tensor in model.state_dict().items())
+    from torch.distributed.tensor import DTensor
+
+    named = sorted(((name, tensor) for name, tensor in model.state_dict().items()), key=lambda item: item[0])
     digests = {}
     for index, (name, tensor) in enumerate(named):
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
         if index % runtime.world_size != runtime.rank:
             continue
         data = tensor.detach().contiguous().cpu()
@@ -143,8 +151,17 @@ def fingerprint_and_remember(model: nn.Module, folder: Path, source: str | None,
     return fingerprint
 
 
+@dataclass(frozen=True)
+class ReferenceFill:
+    """A stage's filled reference cache and what filling it cost (recorded in the trainer state)."""
+
+    cache: ReferenceCache
+    computed: int  # sequences the reference model ran (cache misses)
+    seconds: float  # wall time, fingerprinting and loading the reference included
+
+
 def fill_reference_cache(
-    sequences: list[TokenSequence],
+    pairs: list[TokenizedPair],
     folder: Path,
     *,
     source: str | None,
@@ -155,15 +172,27 @@ def fill_reference_cache(
     batch_size: int,
     pad_id: int,
     stage_name: str,
-) -> tuple[ReferenceCache, int]:
-    """A cache holding every one of ``sequences``, and how many the reference had to run.
+) -> ReferenceFill:
+    """A cache in ``folder`` holding both sides of every one of ``pairs``, and what it cost.
 
     ``source`` is where the reference model lives (None: the configured model) and
     ``recorded_fingerprint`` its fingerprint as far as this stage knows ("" when unknown).
     ``start_policy`` is the already sharded policy when it still is the reference (a fresh start
     whose reference is the starting policy): it runs the missing forwards, so no second model is
-    loaded. Otherwise ``load_reference()`` builds the reference, which is freed after.
+    loaded. Otherwise ``load_reference()`` builds the reference (sharded, no gradients), which is freed after.
+    ``batch_size`` is sequences per forward (no gradients, so twice the training micro-batch fits).
     """
+    started = time.perf_counter()
+    sequences = [sequence for pair in pairs for sequence in (pair.chosen, pair.rejected)]
+    cache, computed = _fill(sequences, folder, source=source, recorded_fingerprint=recorded_fingerprint,
+                            start_policy=start_policy, load_reference=load_reference, runtime=runtime,
+                            batch_size=batch_size, pad_id=pad_id, stage_name=stage_name)
+    return ReferenceFill(cache, computed, time.perf_counter() - started)
+
+
+def _fill(sequences: list[TokenSequence], folder: Path, *, source: str | None, recorded_fingerprint: str,
+          start_policy: SequenceLogprobModel | None, load_reference: Callable[[], SequenceLogprobModel],
+          runtime: Runtime, batch_size: int, pad_id: int, stage_name: str) -> tuple[ReferenceCache, int]:
     if not recorded_fingerprint and source is not None:
         # e.g. method.reference=initial: the initial model's fingerprint is known from an earlier stage
         recorded_fingerprint = known_fingerprint(folder, source) or ""
@@ -183,9 +212,10 @@ def fill_reference_cache(
             f"(fingerprint {fingerprint} != {recorded_fingerprint}); start a new run_name"
         )
     reference.requires_grad_(False)
-    reference = shard(reference, runtime)
     cache = ReferenceCache(folder, fingerprint)
     missing = cache.missing(sequences)
     if missing:
         cache.update(compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
-    return cache, len(missing)  # the reference model goes out of scope here and is freed
+    del reference
+    gc.collect()  # FSDP's state references the module in cycles: free the reference's shards now
+    return cache, len(missing)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from drift.data.records import PreferencePair, Rejected
+from drift.packing import PackedLayout
 
 _MARKER = "\u2063DRIFT_RESPONSE\u2063"
 
@@ -149,19 +150,20 @@ class SequenceBatch:
     def model_inputs(self) -> dict:
         if self.boundaries is None:
             return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        longest = int((self.boundaries[1:] - self.boundaries[:-1]).max())
-        inputs = {
+        longest = int((self.boundaries[1:] - self.boundaries[:-1]).max())  # host tensor: no device sync
+        boundaries = self.boundaries.to(self.input_ids.device)
+        return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            # the names transformers' flash-attn varlen path reads; our packed SDPA reads them too
-            "cu_seq_lens_q": self.boundaries.to(self.input_ids.device),
-            "cu_seq_lens_k": self.boundaries.to(self.input_ids.device),
+            # the names transformers' flash-attn varlen path reads (model.attn_implementation=flash_attention_2)
+            "cu_seq_lens_q": boundaries,
+            "cu_seq_lens_k": boundaries,
             "max_length_q": longest,
             "max_length_k": longest,
+            # what drift.packing's attention reads: the same boundaries (and shared prompts) as Python
+            # ints, built once per batch, so no layer syncs the device to learn them
+            "drift_layout": PackedLayout(self.boundaries.tolist(), self.segments),
         }
-        if self.segments is not None:
-            inputs["drift_segments"] = self.segments  # read by drift.packing's attention only
-        return inputs
 
 
 def _padded_targets(sequences: list[TokenSequence], width: int):

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from drift.checkpoint import CHECKPOINT, TrainerState, find_checkpoint, load_optimizer, read_state, save_checkpoint, save_policy
+from drift.checkpoint import CHECKPOINT, TrainerState, find_checkpoint, load_checkpoint, read_state, save_checkpoint, save_policy
 from drift.config import Config, ModelConfig, TrainerConfig
 from drift.io import DONE, mark_done
 from drift.loss import DpoTerms, dpo_loss
 from drift.metrics import MetricsLog
-from drift.model import load_model
+from drift.model import build_model_skeleton, load_model
 from drift.parallel import (
-    Runtime, SequenceLogprobModel, all_reduce_sum, barrier, gather_objects, sequence_logps, set_gradient_sync, shard,
+    Runtime, SequenceLogprobModel, all_reduce_sum, barrier, gather_objects, load_full_state, sequence_logps,
+    set_gradient_sync, shard,
 )
 from drift.reference import ReferenceCache, fill_reference_cache, fingerprint_and_remember
 from drift.tokenize import TokenizedPair, collate_sequences
@@ -251,20 +252,31 @@ class StageTrainer:
         if checkpoint is not None and not config.resume:
             raise RuntimeError(f"{stage.folder} already holds a checkpoint; pass resume=true to continue it or choose another run_name")
         state = read_state(checkpoint) if checkpoint is not None else TrainerState()
-        policy = _build_policy(config.model, t, str(checkpoint) if checkpoint else stage.init_source, len(tokenizer))
+        # resumed: the checkpoint fills the shards, so the starting weights are not read
+        policy = _build_policy(config.model, t, runtime, stage.init_source, len(tokenizer), weights=checkpoint is None)
         fresh_start_from_reference = checkpoint is None and _reference_is_start(stage)
         if fresh_start_from_reference:
-            # fingerprint the full weights before sharding; the starting policy is the reference
+            # the starting policy is the reference (the fingerprint gathers each sharded tensor in turn)
             state.reference_fingerprint = fingerprint_and_remember(
                 policy.causal_lm, stage.reference_cache_dir, stage.init_source, runtime
             )
-        policy = shard(policy, runtime)
         # the optimizer must see the sharded parameters: build it before any forward unshards them
         parameters = [p for p in policy.parameters() if p.requires_grad]
         optimizer = build_optimizer(t.optimizer, parameters, t.lr)
         if checkpoint is not None:
-            load_optimizer(policy, optimizer, checkpoint)
-        cache = _fill_reference(config, runtime, stage, tokenizer, state, policy if fresh_start_from_reference else None)
+            load_checkpoint(policy, optimizer, checkpoint)
+        # every sequence's reference log-prob, cached or computed now; its cost goes into the state
+        source = stage.reference_source if stage.reference_source is not None else stage.init_source
+        fill = fill_reference_cache(
+            stage.pairs, stage.reference_cache_dir, source=source, recorded_fingerprint=state.reference_fingerprint,
+            start_policy=policy if fresh_start_from_reference else None,
+            load_reference=lambda: _build_policy(config.model, t, runtime, source, len(tokenizer), trainable=False),
+            runtime=runtime, batch_size=2 * t.per_device_batch_size, pad_id=tokenizer.pad_token_id, stage_name=stage.name,
+        )
+        cache = fill.cache
+        state.reference_fingerprint = cache.fingerprint
+        state.reference_sequences += fill.computed
+        state.reference_seconds += fill.seconds
         policy.train()
 
         global_batch = t.per_device_batch_size * runtime.world_size * t.grad_accum_steps
@@ -311,9 +323,11 @@ class StageTrainer:
                 # an empty slot still runs forward/backward (FSDP collectives) on a zero-weight pair
                 weight = 1.0 if indices else 0.0
                 indices = indices or [step_pairs[0]]
-                # gradients are reduced across ranks once, in the step's last backward
-                set_gradient_sync(self.policy, forward_index == len(forwards) - 1)
+                # reduce-scatter into the sharded gradient every backward (or, when
+                # trainer.accumulate_sharded_grads=false, only in the step's last one)
+                set_gradient_sync(self.policy, t.accumulate_sharded_grads or forward_index == len(forwards) - 1)
                 forward_stats, terms = self._forward_backward(indices, weight, num_pairs, num_chosen_tokens)
+                terms = _detached(terms)  # keeps no graph (nor FSDP's unsharded parameters) alive
                 stats = stats.plus(forward_stats, weight)
                 if weight:
                     pair_rows.extend(_pair_rows([pairs[i].pair_id for i in indices], terms))
@@ -341,6 +355,7 @@ class StageTrainer:
             terms.losses.sum() / num_pairs - self.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
         )
         loss.backward()
+        del loss, totals, token_logps  # their graph is spent; hold nothing of it past the backward
         chosen_tokens = sum(len(sequence.response_ids) for sequence in chosen)
         stats = StepStats.of_forward(terms, chosen_token_logp_sum, chosen_tokens, batch.num_tokens, batch.num_padding, k)
         return stats, terms
@@ -376,6 +391,18 @@ class StageTrainer:
         self.state.epoch, self.state.step_in_epoch = divmod(self.state.global_step, self.steps_per_epoch)
         return lr
 
+    def release_memory(self) -> None:
+        """Drop every reference to the weights, gradients, optimizer state and FSDP's state (held by
+        the model), then hand the freed blocks back to the driver: the sampler process runs next and
+        vLLM starts only when the GPU's memory is free."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
+        del self.optimizer, self.parameters, self.policy
+        gc.collect()  # FSDP's hooks and states reference the module in cycles
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize(self.runtime.device)
+            torch.cuda.empty_cache()
+
     # -- log, checkpoint, finish --
 
     def log(self, epoch: int, stats: StepStats, pair_rows: list[dict], *, grad_norm: float, lr: float, seconds: float) -> None:
@@ -399,7 +426,7 @@ class StageTrainer:
         return bool(every and step % every == 0) or (end_of_epoch and step < self.total_steps)
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.policy, self.optimizer, self.tokenizer, self.state, self.stage.folder, self.runtime)
+        save_checkpoint(self.policy, self.optimizer, self.state, self.stage.folder, self.runtime)
 
     def finish(self) -> Path:
         """Save the final model, free the trainer's memory, then write ``done``; returns the model folder."""
@@ -408,11 +435,7 @@ class StageTrainer:
         self.metrics.close()
         final_model = self.stage.folder / "model"
         save_policy(self.policy, self.tokenizer, final_model, self.runtime)
-        # the sampler process runs next and needs the memory: drop weights and optimizer state now
-        del self.optimizer, self.parameters, self.policy
-        gc.collect()
-        if self.runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.release_memory()
         if self.runtime.is_main:
             state = self.state
             mark_done(self.stage.folder, {
@@ -433,38 +456,38 @@ class StageTrainer:
 # ---- setup helpers ------------------------------------------------------------------------------
 
 
-def _build_policy(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, source: str | None, vocab_size: int) -> SequenceLogprobModel:
-    causal_lm = load_model(model_cfg, dtype=torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
-    return SequenceLogprobModel(
-        causal_lm, trainer_cfg.logprob_impl, packed=trainer_cfg.packing, share_prompts=trainer_cfg.share_prompts
-    )
+def _build_policy(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, runtime: Runtime, source: str | None,
+                  vocab_size: int, *, weights: bool = True, trainable: bool = True) -> SequenceLogprobModel:
+    """The model, sharded over the ranks (or on the device, single-process), fp32 master weights.
+
+    Under torchrun no rank holds a full copy on the device, and only rank 0 reads the weights (into
+    host memory): every rank builds the model on the meta device, shards it, and receives its shards
+    from rank 0. ``weights=False`` leaves the shards uninitialized, for a checkpoint to fill.
+    """
+    def wrap(causal_lm) -> SequenceLogprobModel:
+        model = SequenceLogprobModel(
+            causal_lm, trainer_cfg.logprob_impl, packed=trainer_cfg.packing, share_prompts=trainer_cfg.share_prompts
+        )
+        return model.requires_grad_(trainable)
+
+    load = dict(dtype=torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
+    if not runtime.distributed:
+        return shard(wrap(load_model(model_cfg, **load)), runtime)
+    policy = shard(wrap(build_model_skeleton(model_cfg, **load)), runtime)
+    if weights:
+        full_state = None
+        if runtime.is_main:
+            full_state = {f"causal_lm.{key}": value for key, value in load_model(model_cfg, **load).state_dict().items()}
+        load_full_state(policy, full_state, runtime)
+    return policy
 
 
 def _reference_is_start(stage: Stage) -> bool:
     return stage.reference_source is None or stage.reference_source == stage.init_source
 
 
-def _fill_reference(config: Config, runtime: Runtime, stage: Stage, tokenizer, state: TrainerState,
-                    start_policy: SequenceLogprobModel | None) -> ReferenceCache:
-    """The reference cache for every sequence of the stage; the time and forwards it took go into the state."""
-    started = time.perf_counter()
-    source = stage.reference_source if stage.reference_source is not None else stage.init_source
-    cache, computed = fill_reference_cache(
-        [seq for pair in stage.pairs for seq in (pair.chosen, pair.rejected)],
-        stage.reference_cache_dir,
-        source=source,
-        recorded_fingerprint=state.reference_fingerprint,
-        start_policy=start_policy,
-        load_reference=lambda: _build_policy(config.model, config.trainer, source, len(tokenizer)),
-        runtime=runtime,
-        batch_size=2 * config.trainer.per_device_batch_size,
-        pad_id=tokenizer.pad_token_id,
-        stage_name=stage.name,
-    )
-    state.reference_fingerprint = cache.fingerprint
-    state.reference_sequences += computed
-    state.reference_seconds += time.perf_counter() - started
-    return cache
+def _detached(terms: DpoTerms) -> DpoTerms:
+    return type(terms)(**{f.name: getattr(terms, f.name).detach() for f in fields(terms)})
 
 
 def _pair_rows(pair_ids: list[str], terms: DpoTerms) -> list[dict]:
@@ -475,8 +498,11 @@ def _pair_rows(pair_ids: list[str], terms: DpoTerms) -> list[dict]:
 
 
 def _oom_advice(error: Exception, t: TrainerConfig, model_cfg: ModelConfig) -> RuntimeError:
+    unsharded = "" if t.accumulate_sharded_grads else (
+        "Set trainer.accumulate_sharded_grads=true (now false: a full fp32 gradient per rank between micro-batches). "
+    )
     return RuntimeError(
-        f"out of memory ({error}). Lower trainer.per_device_batch_size (now {t.per_device_batch_size}) and raise "
+        f"out of memory ({error}). {unsharded}Lower trainer.per_device_batch_size (now {t.per_device_batch_size}) and raise "
         f"trainer.grad_accum_steps to keep the global batch, set trainer.max_tokens_per_forward (now "
         f"{t.max_tokens_per_forward}; it splits each micro-batch), lower trainer.max_length (now {t.max_length}), or "
         f"turn on model.gradient_checkpointing=true (now {model_cfg.gradient_checkpointing})"

@@ -5,8 +5,10 @@ byte tokenizer as fixtures.
   tests/integration/   tests that start processes: torchrun, the pipeline, the sampler, the launchers
   tests/gpu/           CUDA only, skipped without it
 
-Every test under tests/integration/ is marked ``integration``, as is any unit-layer test that starts a
-process of its own (marked where it is written), so ``pytest -m "not integration"`` is the quick loop.
+A test that starts a process (a launcher, the sampler, torchrun, a fresh interpreter) goes under
+tests/integration/, and every test there is marked ``integration``, so ``pytest -m "not integration"``
+is the quick loop. The process tests of a unit-layer module sit in tests/integration/test_<module>_process.py
+and import its helpers (tests.unit.<...>.test_<module>), which stay importable.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
+
+from drift.io import atomic_target
 
 
 def pyplot():
@@ -20,13 +20,6 @@ def pyplot():
 
 
 def save_png(figure, path: Path) -> None:
-    """Through a temp file beside ``path`` and a rename, as drift.io writes text: drift.io has no
-    binary writer, and matplotlib writes the file itself."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    """matplotlib writes the file itself: to drift.io's temp path, renamed over ``path`` once whole."""
+    with atomic_target(path) as staging:
         figure.savefig(staging, format="png", dpi=110, bbox_inches="tight")
-        os.replace(staging, path)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise

@@ -77,12 +77,19 @@ class EmbedderConfig:
     # true: no network unless set false
     local_files_only: bool = True
 
+    def validate(self) -> None:
+        check(self.batch_size >= 1, f"embedder.batch_size must be >= 1, got {self.batch_size}")
+
 
 @dataclass
 class UmapConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "cosine"
+
+    def validate(self) -> None:
+        check(self.n_neighbors >= 2, f"umap.n_neighbors must be >= 2, got {self.n_neighbors}")
+        check(self.min_dist >= 0, f"umap.min_dist must be >= 0, got {self.min_dist}")
 
 
 @dataclass
@@ -127,9 +134,8 @@ class CoverageConfig:
         check(self.bandwidth is None or self.bandwidth > 0,
               f"bandwidth must be > 0 (or unset for Scott's rule), got {self.bandwidth}")
         check(0 < self.quantile < 1, f"quantile must be in (0, 1) (the paper: 0.8), got {self.quantile}")
-        check(self.umap.n_neighbors >= 2, f"umap.n_neighbors must be >= 2, got {self.umap.n_neighbors}")
-        check(self.umap.min_dist >= 0, f"umap.min_dist must be >= 0, got {self.umap.min_dist}")
-        check(self.embedder.batch_size >= 1, f"embedder.batch_size must be >= 1, got {self.embedder.batch_size}")
+        self.umap.validate()
+        self.embedder.validate()
         check(self.plots >= 0, f"plots must be >= 0, got {self.plots}")
         check_choice("device", self.device, Device)
         check_choice("prompt_format", self.prompt_format, PromptFormat)

@@ -34,7 +34,7 @@ import numpy as np
 
 from drift.analysis._figures import pyplot, save_png
 from drift.checks import check, string_list
-from drift.io import write_json_atomic, write_text_atomic
+from drift.io import JsonlError, is_done, read_jsonl, write_json_atomic, write_text_atomic
 
 STEP_QUANTITIES = (
     "loss", "chosen_reward", "rejected_reward", "margin", "accuracy", "gradient_weight", "grad_norm", "nll", "lr",
@@ -183,22 +183,6 @@ class StageRows:
     done: bool
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    lines = path.read_text().splitlines()
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            # a run being written (or killed) can end in a torn last line; anything else is damage
-            if line_no == len(lines):
-                break
-            raise AnalysisInputError(f"{path}:{line_no} is not JSON ({error.msg}); the file is damaged") from None
-    return rows
-
-
 def read_run(run_dir: Path) -> list[StageRows]:
     """Every training stage of a run that has logged at least one step, in iteration order."""
     run_dir = Path(run_dir)
@@ -211,11 +195,12 @@ def read_run(run_dir: Path) -> list[StageRows]:
         if not match or not metrics.exists():
             continue
         pairs_path = folder / "train" / "pair_metrics.jsonl"
-        steps = _read_jsonl(metrics)
+        # a run being written (or killed) can end in a torn last line; any other bad line is damage
+        steps = read_jsonl(metrics, torn_tail_ok=True)
         if not steps:
             continue
-        pairs = _read_jsonl(pairs_path) if pairs_path.exists() else []
-        stages.append(StageRows(int(match.group(1)), folder / "train", steps, pairs, (folder / "train" / "done").exists()))
+        pairs = read_jsonl(pairs_path, torn_tail_ok=True) if pairs_path.exists() else []
+        stages.append(StageRows(int(match.group(1)), folder / "train", steps, pairs, is_done(folder / "train")))
     if not stages:
         raise AnalysisInputError(
             f"run={run_dir}: no iter_*/train/metrics.jsonl with a logged step; is this a run folder "
@@ -266,74 +251,84 @@ def _pyplot():
     return plt
 
 
+def _figure(plt, path: Path, size: tuple[float, float], runs: list[dict], points_of, plot_run, decorate) -> bool:
+    """One figure over the runs: ``points_of(run)`` is what to draw of a run (empty: nothing),
+    ``plot_run(axis, color, run, points)`` draws it, ``decorate(axis)`` titles the figure. Saved with
+    a legend when any run had points; False (no file) when none had."""
+    drawn = [(f"C{index % 10}", run, points_of(run)) for index, run in enumerate(runs)]
+    drawn = [(color, run, points) for color, run, points in drawn if points]
+    if not drawn:
+        return False
+    figure, axis = plt.subplots(figsize=size)
+    try:
+        for color, run, points in drawn:
+            plot_run(axis, color, run, points)
+        decorate(axis)
+        axis.legend(fontsize=8)
+        save_png(figure, path)
+    finally:
+        plt.close(figure)
+    return True
+
+
 def plot_step_quantity(plt, runs: list[dict], key: str, path: Path) -> bool:
-    figure, axis = plt.subplots(figsize=(8, 4))
-    plotted = False
-    for index, run in enumerate(runs):
-        color = f"C{index % 10}"
-        points = [(x, y) for x, y in zip(run["series"]["global_step"], run["series"][key]) if y is not None]
-        if not points:
-            continue
-        plotted = True
+    def points_of(run: dict) -> list:
+        return [(x, y) for x, y in zip(run["series"]["global_step"], run["series"][key]) if y is not None]
+
+    def plot_run(axis, color: str, run: dict, points: list) -> None:
         xs, ys = zip(*points)
         axis.plot(xs, ys, color=color, marker="." if len(xs) < 60 else None, label=run["label"])
         for boundary in run["boundaries"][1:]:
             axis.axvline(boundary["global_step"] + 0.5, color=color, linestyle=":", alpha=0.6)
-    if plotted:
+
+    def decorate(axis) -> None:
         # iteration names once, at the first run's boundaries
         for boundary in runs[0]["boundaries"]:
-            axis.annotate(f"iter {boundary['iteration']}", (boundary["global_step"] + 0.5, 1.0), xycoords=("data", "axes fraction"),
-                          fontsize=7, va="top", ha="left", color="0.35")
+            axis.annotate(f"iter {boundary['iteration']}", (boundary["global_step"] + 0.5, 1.0),
+                          xycoords=("data", "axes fraction"), fontsize=7, va="top", ha="left", color="0.35")
         axis.set_title(TITLES.get(key, key))
         axis.set_xlabel("global step (all stages, dotted lines: iteration boundaries)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        save_png(figure, path)
-    plt.close(figure)
-    return plotted
+
+    return _figure(plt, path, (8, 4), runs, points_of, plot_run, decorate)
 
 
 def plot_iteration_quantity(plt, runs: list[dict], key: str, tau: float, path: Path) -> bool:
-    figure, axis = plt.subplots(figsize=(6, 4))
-    plotted = False
-    for index, run in enumerate(runs):
-        points = [(it["iteration"], it[key]) for it in run["iterations"] if it.get(key) is not None]
-        if points:
-            plotted = True
-            xs, ys = zip(*points)
-            axis.plot(xs, ys, color=f"C{index % 10}", marker="o", label=run["label"])
-    if plotted:
+    def points_of(run: dict) -> list:
+        return [(it["iteration"], it[key]) for it in run["iterations"] if it.get(key) is not None]
+
+    def plot_run(axis, color: str, run: dict, points: list) -> None:
+        xs, ys = zip(*points)
+        axis.plot(xs, ys, color=color, marker="o", label=run["label"])
+
+    def decorate(axis) -> None:
         axis.set_title(TITLES[key].replace("τ", f"τ={tau:g}"))
         axis.set_xlabel("iteration (0 = warm start)")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        save_png(figure, path)
-    plt.close(figure)
-    return plotted
+
+    return _figure(plt, path, (6, 4), runs, points_of, plot_run, decorate)
 
 
 def plot_histogram(plt, runs: list[dict], iteration: int, tau: float, path: Path) -> bool:
     """Share of the iteration's pairs per σ(−s) bin, one outline per run; τ marked."""
-    figure, axis = plt.subplots(figsize=(6, 4))
-    plotted = False
-    for index, run in enumerate(runs):
-        found = [it for it in run["iterations"] if it["iteration"] == iteration and it.get("histogram")]
-        if found:
-            plotted = True
-            counts = np.asarray(found[0]["histogram"]["counts"], dtype=float)
-            axis.stairs(counts / counts.sum(), found[0]["histogram"]["edges"], color=f"C{index % 10}", linewidth=1.5,
-                        label=f"{run['label']} ({int(counts.sum())} pairs)")
-    if plotted:
+
+    def found_in(run: dict) -> list:
+        return [it for it in run["iterations"] if it["iteration"] == iteration and it.get("histogram")]
+
+    def plot_run(axis, color: str, run: dict, found: list) -> None:
+        counts = np.asarray(found[0]["histogram"]["counts"], dtype=float)
+        axis.stairs(counts / counts.sum(), found[0]["histogram"]["edges"], color=color, linewidth=1.5,
+                    label=f"{run['label']} ({int(counts.sum())} pairs)")
+
+    def decorate(axis) -> None:
         axis.axvline(tau, color="0.3", linestyle="--", label=f"τ = {tau:g}")
         axis.set_xlim(0, 1)
         axis.set_title(f"σ(−s) distribution, iteration {iteration}" + (" (warm start)" if iteration == 0 else ""))
         axis.set_xlabel("gradient weight σ(−s)")
         axis.set_ylabel("share of pairs")
-        axis.legend(fontsize=8)
-        save_png(figure, path)
-    plt.close(figure)
-    return plotted
+
+    return _figure(plt, path, (6, 4), runs, found_in, plot_run, decorate)
 
 
 def _cell(value, digits: int = 4) -> str:
@@ -440,7 +435,7 @@ def write_outputs(runs: list[dict], tau: float, out: Path) -> dict:
 def run(cfg: DynamicsConfig) -> int:
     try:
         runs = [analyze_run(run_dir, label, cfg.tau, cfg.bins) for run_dir, label in zip(cfg.runs, run_labels(cfg.runs))]
-    except AnalysisInputError as error:
+    except (AnalysisInputError, JsonlError) as error:
         print(f"dynamics: {error}", file=sys.stderr)
         return 2
     write_outputs(runs, cfg.tau, cfg.out_dir)

@@ -32,7 +32,6 @@ model, one gradient and two parameter-sized accumulators.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -45,7 +44,9 @@ import torch
 
 from drift.analysis.dynamics import GRADIENT_CHECK_HEADER, GRADIENT_CHECK_RULE, AnalysisInputError, gradient_check_row
 from drift.checks import Device, check, check_choice
-from drift.io import write_json_atomic, write_text_atomic
+from drift.config import MethodConfig, ModelConfig, TrainerConfig
+from drift.data.config import DataConfig
+from drift.io import read_done, read_jsonl, write_json_atomic, write_text_atomic
 
 Dtype = Literal["fp32", "fp64"]
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
@@ -155,52 +156,49 @@ def load_run_config(run_dir: Path, config_path: Path | None = None):
         raise AnalysisInputError(f"gradient_check: {path}: {error}") from None
 
 
-def initial_source(config, run_dir: Path) -> str:
+def initial_source(model_cfg: ModelConfig, run_dir: Path) -> str:
     from drift.model import TINY_PREFIX, resolve_source
 
     # tiny models are saved once into the run (drift.pipeline.initial_model_source)
-    return str(run_dir / "initial_model") if config.model.name_or_path.startswith(TINY_PREFIX) else resolve_source(config.model)
+    return str(run_dir / "initial_model") if model_cfg.name_or_path.startswith(TINY_PREFIX) else resolve_source(model_cfg)
 
 
-def reference_source(config, run_dir: Path, iteration: int) -> str:
+def reference_source(model_cfg: ModelConfig, method_cfg: MethodConfig, run_dir: Path, iteration: int) -> str:
     """What drift.pipeline.run trained iteration k against."""
-    initial = initial_source(config, run_dir)
-    if iteration == 0 or config.method.reference == "initial":
+    initial = initial_source(model_cfg, run_dir)
+    if iteration == 0 or method_cfg.reference == "initial":
         return initial
     previous = iteration - 1
-    if previous == 0 and config.method.warmstart_epochs <= 0:
+    if previous == 0 and method_cfg.warmstart_epochs <= 0:
         return initial
     return str(run_dir / f"iter_{previous}" / "train" / "model")
 
 
-def iteration_pairs(config, run_dir: Path, iteration: int):
+def iteration_pairs(data_cfg: DataConfig, run_dir: Path, iteration: int):
     """The PreferencePairs iteration k trained on (runs older than iter_0/data/pairs.jsonl: the warm
     start's seed pairs are rebuilt from the data)."""
-    from drift.data.records import PreferencePair
+    from drift.data.records import pair_from_row
 
     path = run_dir / "iter_0" / "data" / "pairs.jsonl" if iteration == 0 else run_dir / f"iter_{iteration}" / "pairs" / "pairs.jsonl"
     if iteration == 0 and not path.exists():
         from drift.data import load_records
 
-        return list(load_records(config.data).seed_pairs)
+        return list(load_records(data_cfg).seed_pairs)
     if not path.exists():
         raise AnalysisInputError(f"gradient_check: {path} not found; iteration {iteration} has not built its pairs")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [PreferencePair(**{**row, "prompt": tuple(row["prompt"])}) for row in rows]
+    return [pair_from_row(row) for row in read_jsonl(path)]
 
 
 # ---- the measurement ----------------------------------------------------------------------------
 
 
-def _logprob_model(config, source: str, device: torch.device, vocab_size: int):
+def _logprob_model(model_cfg: ModelConfig, trainer: TrainerConfig, source: str, device: torch.device, vocab_size: int):
     """The checkpoint at ``source`` in fp32 (as the trainer loads it), wrapped as the trainer wraps it."""
     from drift.model import load_model
     from drift.parallel import SequenceLogprobModel
 
-    causal_lm = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, source=source, vocab_size=vocab_size)
-    model = SequenceLogprobModel(
-        causal_lm, config.trainer.logprob_impl, packed=config.trainer.packing, share_prompts=config.trainer.share_prompts
-    )
+    causal_lm = load_model(model_cfg, dtype=torch.float32, seed=trainer.seed, source=source, vocab_size=vocab_size)
+    model = SequenceLogprobModel(causal_lm, trainer.logprob_impl, packed=trainer.packing, share_prompts=trainer.share_prompts)
     # eval: no dropout, so every pair's gradient is a function of the weights alone
     return model.to(device).eval()
 
@@ -272,7 +270,7 @@ def check_iteration(run_dir: Path, iteration: int, *, sample: int = 16, seed: in
             f"gradient_check: {policy_source} holds no model; iteration {iteration} has not finished training "
             f"(run the pipeline to the end of that iteration)"
         )
-    reference_path = reference or reference_source(config, run_dir, iteration)
+    reference_path = reference or reference_source(config.model, config.method, run_dir, iteration)
     # a folder of this run must be there; a hub name (the initial model of a non-tiny run) is load_model's to find
     if Path(reference_path).is_relative_to(run_dir) and not Path(reference_path).exists():
         raise AnalysisInputError(
@@ -282,21 +280,20 @@ def check_iteration(run_dir: Path, iteration: int, *, sample: int = 16, seed: in
     # the tokenizer the pipeline used is saved beside every checkpoint; tokenization as in drift.pipeline._tokenize
     tokenizer = load_tokenizer(config.model, source=str(policy_source))
     tokenized, rejects, _ = tokenize_pairs(
-        iteration_pairs(config, run_dir, iteration), tokenizer, max_length=config.trainer.max_length,
+        iteration_pairs(config.data, run_dir, iteration), tokenizer, max_length=config.trainer.max_length,
         max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
     )
     if not tokenized:
         raise AnalysisInputError(f"gradient_check: no pair of iteration {iteration} survives tokenization ({len(rejects)} rejected)")
     chosen = [tokenized[i] for i in sample_indices(len(tokenized), sample, seed)]
 
-    reference_model = _logprob_model(config, reference_path, target, len(tokenizer))
+    reference_model = _logprob_model(config.model, config.trainer, reference_path, target, len(tokenizer))
     # the training stage recorded the fingerprint of its reference's fp32 weights: hashing them here
     # (before the cast to `dtype`) proves this is the model that iteration trained against
-    done_file = stage / "done"
-    recorded = json.loads(done_file.read_text()).get("reference_fingerprint") if done_file.exists() else None
+    recorded = (read_done(stage) or {}).get("reference_fingerprint")
     fingerprint = weights_fingerprint(reference_model.causal_lm, Runtime(0, 1, 0, target, torch.float32)) if recorded else None
     reference_model.to(DTYPES[dtype]).requires_grad_(False)
-    policy = _logprob_model(config, str(policy_source), target, len(tokenizer)).to(DTYPES[dtype])
+    policy = _logprob_model(config.model, config.trainer, str(policy_source), target, len(tokenizer)).to(DTYPES[dtype])
     result = measure(policy, reference_model, chosen, config.method.beta, tau, tokenizer.pad_token_id, target)
     return {
         "run": str(run_dir),

@@ -65,9 +65,7 @@ def load_annotation(source: SourceRows, cfg: DataConfig, source_name: str) -> Re
         if {"conversations", "chosen", "rejected"} <= source.columns else ""
     )
     require_columns(source, COLUMNS, "WildFeedback sat_dsat_annotation", hint)
-    records = Records()
-    for location, why in source.unreadable:
-        records.rejects.append(Rejected(location, "unreadable_row", why, location))
+    records = Records(rejects=source.unreadable_rejects())
 
     key = resolve_conversation_key(source, cfg.conversation_key)
     groups = group_rows(source, key, records.rejects)
@@ -83,11 +81,8 @@ def load_annotation(source: SourceRows, cfg: DataConfig, source_name: str) -> Re
     stats = extract(unique, cfg.both_labels, source_name, records)
     n = len(unique)
     records.report = {
-        "source": source_name,
-        "schema": "sat_dsat_annotation",
-        "input": source.label,
+        **source.report_head(source_name, "sat_dsat_annotation"),
         "conversation_key": key,
-        "rows": len(source.rows) + len(source.unreadable),
         "conversations_read": len(groups),
         "conversations_rejected": n_rejected,
         "conversations_duplicate": len(conversations) - n,

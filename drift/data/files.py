@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-# drift/analysis still imports the writers from here; drift.io is where they live
-from drift.io import write_jsonl_atomic, write_text_atomic  # noqa: F401
+from drift.data.records import Rejected
+from drift.io import jsonl_lines
 
 
 class SchemaError(ValueError):
@@ -27,6 +27,16 @@ class SourceRows:
     rows: list[tuple[str, dict]]  # (locator, row)
     columns: set[str]
     unreadable: list[tuple[str, str]]  # (locator, why): lines that are not a JSON object
+
+    def report_head(self, source: str, schema: str) -> dict:
+        """The first keys of every source's report: what was read, as what, and how many rows
+        (the unreadable ones included: they are rejects, not missing)."""
+        return {"source": source, "schema": schema, "input": self.label,
+                "rows": len(self.rows) + len(self.unreadable)}
+
+    def unreadable_rejects(self, reason: str = "unreadable_row") -> list[Rejected]:
+        """The lines that are not a JSON object, quarantined like any bad row."""
+        return [Rejected(location, reason, why, location) for location, why in self.unreadable]
 
 
 def read_rows(path: str | None = None, *, hub_name: str | None = None, hub_config: str | None = None,
@@ -98,20 +108,14 @@ def _from_objects(label: str, objects: list) -> SourceRows:
 
 def _from_lines(label: str, text: str) -> SourceRows:
     rows, unreadable, columns = [], [], set()
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line in jsonl_lines(text):
+        locator = f"{label}:{line.number}"
+        problem = line.problem()
+        if problem is not None:
+            unreadable.append((locator, f"line {line.number} is {problem}"))
             continue
-        locator = f"{label}:{line_no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            unreadable.append((locator, f"line {line_no} is not valid JSON ({e.msg} at column {e.colno})"))
-            continue
-        if not isinstance(obj, dict):
-            unreadable.append((locator, f"line {line_no} is a JSON {type(obj).__name__}, not an object"))
-            continue
-        rows.append((locator, obj))
-        columns.update(obj)
+        rows.append((locator, line.value))
+        columns.update(line.value)
     return SourceRows(label, rows, columns, unreadable)
 
 

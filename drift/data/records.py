@@ -26,6 +26,11 @@ class PreferencePair:
     rejected_finished: bool = True
 
 
+def pair_from_row(row: dict) -> PreferencePair:
+    """A pair as pairs.jsonl holds it (dataclasses.asdict, so the prompt is a list) -> the record."""
+    return PreferencePair(**{**row, "prompt": tuple(row["prompt"])})
+
+
 @dataclass(frozen=True)
 class DsatCase:
     """A real reply a user was dissatisfied with: history x, DSAT reply y-, and the user's feedback."""

@@ -101,8 +101,7 @@ def load_drift_jsonl(source: SourceRows) -> Records:
     require_columns(source, ("prompt", "rejected", "user_preference"), "the paper code's dsat_data.jsonl",
                     "Each row needs prompt (list of {role, content}), rejected (one assistant message) and "
                     "user_preference ({content}).")
-    records = Records()
-    _unreadable_to_rejects(source, records)
+    records = Records(rejects=source.unreadable_rejects())
     seen: dict[tuple, str] = {}
     for location, row in source.rows:
         record_id = str(row.get("case_id") or row.get("id") or location)
@@ -126,10 +125,7 @@ def load_drift_jsonl(source: SourceRows) -> Records:
         if revision is not None:
             records.seed_pairs.append(PreferencePair(record_id, history, revision, dsat_reply, "drift_jsonl"))
     records.report = {
-        "source": "drift_jsonl",
-        "schema": "dsat_data.jsonl",
-        "input": source.label,
-        "rows": len(source.rows) + len(source.unreadable),
+        **source.report_head("drift_jsonl", "dsat_data.jsonl"),
         "dsat_cases": len(records.dsat_cases),
         "seed_pairs": len(records.seed_pairs),
     }
@@ -142,8 +138,7 @@ def load_wildfeedback_pairs(source: SourceRows) -> Records:
     hint = ("These look like the sat_dsat_annotation config: set data.hub_config=sat_dsat_annotation."
             if "UtterranceId" in source.columns else "")
     require_columns(source, ("conversations", "chosen", "rejected"), "WildFeedback's wildfeedback config", hint)
-    records = Records()
-    _unreadable_to_rejects(source, records)
+    records = Records(rejects=source.unreadable_rejects())
     pairs = []
     for location, row in source.rows:
         record_id = str(row.get("id") or location)
@@ -159,10 +154,7 @@ def load_wildfeedback_pairs(source: SourceRows) -> Records:
         pairs.append((location, PreferencePair(record_id, prompt, chosen, rejected, "wildfeedback")))
     records.preference_pairs = _unique_pairs(pairs, records.rejects)
     records.report = {
-        "source": "wildfeedback",
-        "schema": "wildfeedback",
-        "input": source.label,
-        "rows": len(source.rows) + len(source.unreadable),
+        **source.report_head("wildfeedback", "wildfeedback"),
         "preference_pairs": len(records.preference_pairs),
         "note": "rows carry no user feedback turn: no DSAT cases or guided prompts; pairs only",
     }
@@ -186,8 +178,7 @@ def load_ultrafeedback(source: SourceRows, binarize_seed: int) -> Records:
         raise SchemaError(
             f"{source.label}: `prompt` is a list of messages, but ultrafeedback_binarized has the prompt "
             "as text (and chosen/rejected as full conversations); for the paper code's jsonl use data=drift_jsonl")
-    records = Records()
-    _unreadable_to_rejects(source, records)
+    records = Records(rejects=source.unreadable_rejects())
     pairs, completions_skipped = [], 0
     for location, row in source.rows:
         try:
@@ -202,10 +193,7 @@ def load_ultrafeedback(source: SourceRows, binarize_seed: int) -> Records:
         pairs.append((location, pair))
     records.preference_pairs = _unique_pairs(pairs, records.rejects)
     records.report = {
-        "source": "ultrafeedback",
-        "schema": schema,
-        "input": source.label,
-        "rows": len(source.rows) + len(source.unreadable),
+        **source.report_head("ultrafeedback", schema),
         "preference_pairs": len(records.preference_pairs),
         "note": "no user feedback in UltraFeedback: preference pairs only",
     }
@@ -260,17 +248,23 @@ def _openbmb_pair(row: dict, location: str, binarize_seed: int) -> tuple[Prefere
 
 # ---------------------------------------------------------------- row checks shared by the readers
 
-def _messages(value, field: str, roles: tuple[str, ...]) -> tuple[dict, ...]:
+def _message_items(value, field: str, role_key: str, content_key: str):
+    """(where, item) for each item of a non-empty list of {role_key, content_key} dicts, checked one
+    by one as the caller reads them (so the first bad item is the one named)."""
+    shape = f"{{{role_key}, {content_key}}}"
     if value is None:
         raise BadRow("missing_field", f"{field} is missing")
     if not isinstance(value, list) or not value:
-        raise BadRow("bad_message", f"{field} must be a non-empty list of {{role, content}} messages")
-    messages = []
+        raise BadRow("bad_message", f"{field} must be a non-empty list of {shape} messages")
     for i, message in enumerate(value):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise BadRow("bad_message", f"{field}[{i}] is not a {{role, content}} message")
-        messages.append(_message(message["role"], message["content"], f"{field}[{i}]", roles))
-    return tuple(messages)
+        if not isinstance(message, dict) or role_key not in message or content_key not in message:
+            raise BadRow("bad_message", f"{field}[{i}] is not a {shape} message")
+        yield f"{field}[{i}]", message
+
+
+def _messages(value, field: str, roles: tuple[str, ...]) -> tuple[dict, ...]:
+    return tuple(_message(message["role"], message["content"], where, roles)
+                 for where, message in _message_items(value, field, "role", "content"))
 
 
 def _message(role, content, where: str, roles) -> dict:
@@ -302,18 +296,12 @@ def _preference(value) -> str:
 
 
 def _sharegpt(value, field: str) -> tuple[dict, ...]:
-    if value is None:
-        raise BadRow("missing_field", f"{field} is missing")
-    if not isinstance(value, list) or not value:
-        raise BadRow("bad_message", f"{field} must be a non-empty list of {{from, value}} messages")
     out = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict) or "from" not in message or "value" not in message:
-            raise BadRow("bad_message", f"{field}[{i}] is not a {{from, value}} message")
+    for where, message in _message_items(value, field, "from", "value"):
         role = SHAREGPT_ROLES.get(message["from"])
         if role is None:
-            raise BadRow("unknown_role", f"{field}[{i}] has from={message['from']!r}; expected human or gpt")
-        out.append(_message(role, message["value"], f"{field}[{i}]", CHAT_ROLES))
+            raise BadRow("unknown_role", f"{where} has from={message['from']!r}; expected human or gpt")
+        out.append(_message(role, message["value"], where, CHAT_ROLES))
     return tuple(out)
 
 
@@ -341,8 +329,3 @@ def _unique_pairs(pairs: list[tuple[str, PreferencePair]], rejects: list[Rejecte
         seen[key] = pair.pair_id
         unique.append(pair)
     return unique
-
-
-def _unreadable_to_rejects(source: SourceRows, records: Records) -> None:
-    for location, why in source.unreadable:
-        records.rejects.append(Rejected(location, "unreadable_row", why, location))

@@ -90,7 +90,7 @@ def _rows(path: Path, limit: int | None, required: list[str], what: str, hint: s
         raise SchemaError(f"{path} is a folder; give the {what} file itself")
     source = read_rows(str(path))
     require_columns(source, required, what, hint)
-    rejects = [Rejected(locator, "unreadable", why, locator) for locator, why in source.unreadable]
+    rejects = source.unreadable_rejects("unreadable")
     rows = source.rows[:limit] if limit is not None else source.rows
     return rows, rejects
 

@@ -30,16 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from drift.checks import Device, PromptFormat, check, check_choice
+from drift.checks import Device, PromptFormat, SamplerBackend, check, check_choice, choices
 from drift.config import ModelConfig, SamplerConfig
 from drift.data.files import SchemaError
-from drift.io import mark_done, write_json_atomic, write_jsonl_atomic
+from drift.io import DONE, mark_done, write_json_atomic, write_jsonl_atomic
 from drift.data.records import Rejected
 from drift.eval.benchmarks import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
 
-USAGE = ("python launch/analyze.py export checkpoint=PATH benchmark=alpaca_eval|wildbench|advbench|toxigen "
-         "prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format=chat_template|raw_text] "
-         "[device=auto|cpu|cuda] [trust_remote_code=false] [sampler.backend=hf|vllm] [sampler.KEY=VALUE ...]")
+USAGE = (f"python launch/analyze.py export checkpoint=PATH benchmark={'|'.join(BENCHMARKS)} "
+         f"prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format={'|'.join(choices(PromptFormat))}] "
+         f"[device={'|'.join(choices(Device))}] [trust_remote_code=false] [sampler.backend={'|'.join(choices(SamplerBackend))}] "
+         "[sampler.KEY=VALUE ...]")
 HARNESS_COMMANDS = {
     "alpaca_eval": "alpaca_eval evaluate --model_outputs {file}   # tatsu-lab/alpaca_eval, AlpacaEval 2 by default",
     "wildbench": ("python src/eval.py --action eval --mode score --local_result_file {file} ...   "
@@ -155,7 +156,7 @@ def run_export(cfg: ExportConfig) -> dict:
     if not items:
         raise ExportError(f"{prompts_path}: no usable rows ({len(rejects)} rejected); nothing to export")
     # a killed export must not leave an earlier run's files looking finished
-    for stale in (out_dir / "done", output_path):
+    for stale in (out_dir / DONE, output_path):
         stale.unlink(missing_ok=True)
 
     tokenizer = load_tokenizer(ModelConfig(name="policy", name_or_path=checkpoint, trust_remote_code=cfg.trust_remote_code),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift.data.sources import TESTBED_ANNOTATION as TESTBED_FILE
+from drift.io import jsonl_lines
 
 SPEC_COLUMN = "Preference"
 CONVERSATION_COLUMN = "conversation_id"
@@ -279,7 +280,7 @@ def validate_spec(spec, where: str = "preference spec") -> list[dict]:
         if name not in RULES:
             raise SpecError(f"{where}, rule {index}: unknown rule {name!r}; known rules: {', '.join(RULES)}")
         params = {key: value for key, value in rule.items() if key != "rule"}
-        types = RULES[name][1]
+        _, types = RULES[name]  # (scorer, its parameters and their kinds)
         unknown = sorted(set(params) - set(types))
         if unknown:
             raise SpecError(f"{where}, rule {index} ({name}): unknown parameter(s) {', '.join(unknown)}; "
@@ -327,11 +328,10 @@ def load_specs(path: str | Path | None = None) -> dict[str, list[dict]]:
         raise FileNotFoundError(f"testbed file {path} does not exist; rebuild it with "
                                 "python drift/data/fixtures/testbed_compose.py (or testbed_build.py)")
     specs: dict[str, list[dict]] = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        where = f"{path.name}:{line_no}"
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
+        where, row, problem = f"{path.name}:{line.number}", line.value, line.problem()
+        if problem is not None:
+            raise SpecError(f"{where}: {problem}; a testbed row is a JSON object")
         if CONVERSATION_COLUMN not in row or SPEC_COLUMN not in row:
             raise SpecError(f"{where}: a testbed row needs {CONVERSATION_COLUMN} and {SPEC_COLUMN} "
                             "(the gold reward reads the preference spec from there)")

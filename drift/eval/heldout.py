@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from drift.config import SamplerConfig
+from drift.io import jsonl_lines
 
 KINDS = ("stated", "revealed")
 
@@ -39,10 +40,12 @@ def read_heldout(path: str | Path) -> list[dict]:
         raise HeldoutError(f"eval.heldout={path} does not exist; python drift/data/fixtures/testbed_compose.py writes "
                            "the shipped one, or set eval.heldout=null to skip the evaluation")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
+        number, row = line.number, line.value
+        if line.problem() is not None:
+            raise HeldoutError(f"{path.name}:{number}: {line.problem()}; a held-out file has one JSON object a line: "
+                               "fix that line (python drift/data/fixtures/testbed_compose.py rewrites the shipped one)"
+                               ) from line.error
         missing = [key for key in ("prompt_id", "kind", "messages", "Preference") if key not in row]
         if missing:
             raise HeldoutError(f"{path.name}:{number}: missing {', '.join(missing)}; a held-out row is "
@@ -52,8 +55,8 @@ def read_heldout(path: str | Path) -> list[dict]:
     return rows
 
 
-def eval_sampler(sampler: SamplerConfig, max_new_tokens: int) -> SamplerConfig:
-    return dataclasses.replace(sampler, max_new_tokens=max_new_tokens, num_samples=1, truncated="keep")
+def eval_sampler(sampler: SamplerConfig, max_new_tokens: int, samples_per_prompt: int = 1) -> SamplerConfig:
+    return dataclasses.replace(sampler, max_new_tokens=max_new_tokens, num_samples=samples_per_prompt, truncated="keep")
 
 
 def score_rows(samples: list[dict], heldout: list[dict]) -> list[dict]:
@@ -70,7 +73,35 @@ def score_rows(samples: list[dict], heldout: list[dict]) -> list[dict]:
     return scored
 
 
-def summarize(scored: list[dict], prompts: int) -> dict:
+def prompt_means(scored: list[dict], prompt_ids: list[str], samples_per_prompt: int = 1) -> dict[str, float]:
+    """Each prompt's gold, the mean over its ``samples_per_prompt`` replies (a missing reply scores 0)."""
+    totals = dict.fromkeys(prompt_ids, 0.0)
+    for row in scored:
+        totals[row["prompt_id"]] += row["score"]
+    return {prompt: total / samples_per_prompt for prompt, total in totals.items()}
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error over prompts (the spread of prompts and of sampling together)."""
+    n = len(values)
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, (variance / n) ** 0.5
+
+
+def paired_gain(later: dict, earlier: dict) -> dict | None:
+    """Gold of ``later`` minus ``earlier`` over the prompts both were scored on, with the standard
+    error of the paired difference: the same prompts, so the prompts' own spread cancels out and
+    what is left is how much the gain could be sampling and training noise."""
+    a, b = later.get("prompt_gold"), earlier.get("prompt_gold")
+    if not a or not b:
+        return None
+    shared = sorted(set(a) & set(b))
+    gain, se = mean_and_se([a[prompt] - b[prompt] for prompt in shared])
+    return {"gain": round(gain, 4), "se": round(se, 4), "prompts": len(shared)}
+
+
+def summarize(scored: list[dict], prompts: int, samples_per_prompt: int = 1) -> dict:
     """Gold over the whole split (a missing reply scores 0), on finished replies, the cut share, by rule."""
     def mean(values):
         return round(sum(values) / len(values), 4) if values else None
@@ -82,7 +113,7 @@ def summarize(scored: list[dict], prompts: int) -> dict:
     finished = [row["score"] for row in scored if not row["cut"]]
     return {
         "prompts": prompts, "replies": len(scored),
-        "gold": round(sum(row["score"] for row in scored) / prompts, 4) if prompts else None,
+        "gold": round(sum(row["score"] for row in scored) / (prompts * samples_per_prompt), 4) if prompts else None,
         "gold_finished": mean(finished), "cut_share": mean([float(row["cut"]) for row in scored]),
         "mean_words": mean([float(row["words"]) for row in scored]),
         "by_rule": {rule: mean(scores) for rule, scores in sorted(by_rule.items())},
@@ -95,6 +126,7 @@ def evaluate_checkpoint(checkpoint: str, heldout: list[dict], *, cache_root: Pat
     from drift.sampler.process import checkpoint_fingerprint
 
     rows = tuple({"prompt_id": r["prompt_id"], "messages": r["messages"], "keep_last": 1} for r in heldout)
+    k = sampler.num_samples
     settings = hashlib.sha256(json.dumps([dataclasses.asdict(sampler), max_prompt_length, prompt_format, rows],
                                          sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(cache_root) / f"{checkpoint_fingerprint(checkpoint)[:16]}-{settings}"
@@ -103,14 +135,25 @@ def evaluate_checkpoint(checkpoint: str, heldout: list[dict], *, cache_root: Pat
                     label="heldout eval")
     scored = score_rows(result.samples, heldout)
     counts = {kind: sum(r["kind"] == kind for r in heldout) for kind in KINDS}
-    return {"checkpoint": checkpoint, "samples_folder": str(folder), **summarize(scored, len(heldout)),
-            "by_kind": {kind: summarize([r for r in scored if r["kind"] == kind], counts[kind]) for kind in KINDS}}
+    per_prompt = prompt_means(scored, [r["prompt_id"] for r in heldout], k)
+    return {"checkpoint": checkpoint, "samples_folder": str(folder), **summarize(scored, len(heldout), k),
+            "gold_se": round(mean_and_se(list(per_prompt.values()))[1], 4), "samples_per_prompt": k,
+            "prompt_gold": {prompt: round(value, 4) for prompt, value in per_prompt.items()},
+            "by_kind": {kind: summarize([r for r in scored if r["kind"] == kind], counts[kind], k) for kind in KINDS}}
 
 
 def format_eval(results: dict[str, dict]) -> str:
-    lines = [f"{'held-out':<10} {'gold':>6} {'stated':>7} {'revealed':>8} {'finished':>8} {'cut':>5} {'words':>6}"]
+    """The table, then each trained stage's gain over base and over the warm start (paired, ± its SE)."""
+    lines = [f"{'held-out':<10} {'gold':>6} {'± se':>6} {'stated':>7} {'revealed':>8} {'finished':>8} {'cut':>5} {'words':>6}"]
     for name, r in results.items():
-        lines.append(f"{name:<10} {r['gold']:>6.3f} {r['by_kind']['stated']['gold']:>7.3f} "
+        se = f"{r['gold_se']:>6.3f}" if r.get("gold_se") is not None else f"{'':>6}"
+        lines.append(f"{name:<10} {r['gold']:>6.3f} {se} {r['by_kind']['stated']['gold']:>7.3f} "
                      f"{r['by_kind']['revealed']['gold']:>8.3f} {r['gold_finished'] or 0:>8.3f} {r['cut_share']:>5.2f} "
                      f"{r['mean_words'] or 0:>6.1f}")
+    for name, r in results.items():
+        gains = [(anchor, paired_gain(r, results[anchor])) for anchor in ("base", "warmstart")
+                 if anchor in results and anchor != name and name != "base"]
+        gains = [f"{gain['gain']:+.3f} ± {gain['se']:.3f} over {anchor}" for anchor, gain in gains if gain is not None]
+        if gains:
+            lines.append(f"{name:<10} gain (paired, ± SE): " + ", ".join(gains))
     return "\n".join(lines)

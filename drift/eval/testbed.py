@@ -35,14 +35,13 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-from drift.checks import check, check_choice, string_list
-from drift.io import read_jsonl, write_json_atomic, write_text_atomic
+from drift.checks import EvalStages, check, check_choice, string_list
+from drift.io import is_done, read_jsonl, write_json_atomic, write_text_atomic
 from drift.eval.gold import conversation_of, gold_reward, load_specs, words
 
 COMMAND = "testbed"
-EvalMode = Literal["last", "all", "none"]
 STAGE_FOLDER = re.compile(r"^iter_(\d+)$")
 EVAL_FOLDER = "testbed_eval"
 
@@ -57,7 +56,8 @@ class ReportInputError(ValueError):
 class TestbedReportConfig:
     # one run folder (run=runs/A) or several in one table (run=[runs/A,runs/B]); see string_list
     run: Any = None
-    # which checkpoints to evaluate on the original prompts: last | all | none (EvalMode)
+    # which checkpoints to evaluate on the original prompts: last | all | none (EvalStages, as the
+    # trainer's eval.stages)
     eval: str = "last"
     # default: the runs' common parent folder (one run: the run itself)
     out: Optional[str] = None
@@ -68,7 +68,7 @@ class TestbedReportConfig:
         check(bool(self.runs), "give at least one run=runs/<run folder> (a run trained with data=testbed)")
         for run in self.runs:
             check(run.is_dir(), f"run={run} is not a folder; give a run folder such as runs/drift_smollm2_testbed")
-        check_choice("eval", self.eval, EvalMode)
+        check_choice("eval", self.eval, EvalStages)
         check(self.data is None or Path(self.data).is_file(),
               f"data={self.data} is not a file; give the testbed .jsonl the runs trained on")
 
@@ -225,8 +225,10 @@ def analyze_run(run_dir: Path, cfg: TestbedReportConfig) -> dict:
         metrics_path = folder / "train" / "metrics.jsonl"
         if metrics_path.is_file():
             pair_path = folder / "train" / "pair_metrics.jsonl"
-            stage["train"] = train_dynamics(read_jsonl(metrics_path), read_jsonl(pair_path) if pair_path.is_file() else [])
-            stage["train"]["finished"] = (folder / "train" / "done").exists()
+            # logs of a stage still training (or killed) may end in a torn row
+            steps = read_jsonl(metrics_path, torn_tail_ok=True)
+            stage["train"] = train_dynamics(steps, read_jsonl(pair_path, torn_tail_ok=True) if pair_path.is_file() else [])
+            stage["train"]["finished"] = is_done(folder / "train")
         stages.append(stage)
     baseline = summarize_scores(
         [{"conversation": conversation_of(c.case_id), **_gold_row(c.dsat_reply, specs[conversation_of(c.case_id)])}
@@ -271,7 +273,7 @@ def short_labels(labels: list[str]) -> list[str]:
 def eval_checkpoints(run_dir: Path, config: dict, mode: str) -> list[tuple[str, str]]:
     """(name, HF folder) of the checkpoints to evaluate, in training order."""
     trained = [(f"iter_{k}", folder / "train" / "model") for k, folder in iteration_folders(run_dir)
-               if (folder / "train" / "done").exists() and (folder / "train" / "model").is_dir()]
+               if is_done(folder / "train") and (folder / "train" / "model").is_dir()]
     if not trained:
         raise ReportInputError(f"{run_dir}: no finished training stage (iter_k/train/done with model/) to evaluate; "
                                 "finish the run, or give eval=none")

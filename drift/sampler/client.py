@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drift.config import SamplerConfig
-from drift.io import DONE, mark_done, read_done, read_jsonl, write_text_atomic
+from drift.io import DONE, jsonl_text, mark_done, read_done, read_jsonl, write_text_atomic
 
 SAMPLER_SCRIPT = Path(__file__).resolve().parent.parent.parent / "launch" / "sample.py"
 
@@ -55,17 +55,13 @@ def hydra_override(key: str, value) -> str:
     return f"{key}={value}"
 
 
-def prompts_text(rows) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def request_identity(job: SamplingJob, text: str | None = None) -> dict:
     """What makes two sampler runs the same run (the reuse rule's key)."""
     from drift.sampler.process import checkpoint_fingerprint
 
     return {
         "checkpoint_fingerprint": checkpoint_fingerprint(job.checkpoint),
-        "prompts_sha256": hashlib.sha256((text if text is not None else prompts_text(job.prompts)).encode()).hexdigest(),
+        "prompts_sha256": hashlib.sha256((text if text is not None else jsonl_text(job.prompts)).encode()).hexdigest(),
         "sampler": dataclasses.asdict(job.sampler),
         "max_prompt_length": job.max_prompt_length,
         "prompt_format": job.prompt_format,
@@ -101,7 +97,7 @@ def finished_request(folder: Path) -> dict | None:
 def sample(job: SamplingJob, *, label: str = "sampler") -> SamplingResult:
     """Sample ``job`` in its own process, or reuse the finished run of the same request."""
     out_dir = Path(job.out_dir)
-    text = prompts_text(job.prompts)
+    text = jsonl_text(job.prompts)
     request = request_identity(job, text)
     if finished_request(out_dir) == request:
         print(f"{label}: reusing the samples in {out_dir} (same weights, prompts and settings)", flush=True)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from drift.config import ConfigError, ModelConfig, SamplerConfig, validate_sampler_run
-from drift.io import write_json_atomic, write_jsonl_atomic
+from drift.io import jsonl_lines, write_json_atomic, write_jsonl_atomic
 from drift.sampler.engine import DecoderWeights, Generation, engine_unsupported_reason, generate_continuous, sample_next_tokens
 
 SAMPLES_FILE = "samples.jsonl"
@@ -127,16 +127,10 @@ def read_prompt_rows(path: str | os.PathLike) -> list[dict]:
     """Rows {"prompt_id", "messages", "keep_last"[, "num_samples"]}, checked before anything is loaded."""
     path = Path(path)
     rows, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"{where}: not a JSON object ({error})") from None
-        if not isinstance(row, dict):
-            raise PromptFileError(f"{where}: not a JSON object but a {type(row).__name__}")
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
+        where, row, problem = f"{path.name}:{line.number}", line.value, line.problem()
+        if problem is not None:
+            raise PromptFileError(f"{where}: {problem}")
         missing = [key for key in ("prompt_id", "messages", "keep_last") if key not in row]
         if missing:
             raise PromptFileError(f"{where}: missing {', '.join(missing)}; a row is "

@@ -73,3 +73,28 @@ def test_saved_checkpoint_reloads_with_plain_transformers_and_gives_the_same_log
         logps = torch.log_softmax(logits[first - 1 : -1], dim=-1)
         expected = logps.gather(1, torch.tensor(pair.chosen.response_ids).unsqueeze(1)).sum()
     assert abs(ours.item() - expected.item()) < 1e-4
+
+
+def test_final_model_is_exported_in_the_training_precision_and_loads_with_transformers(tmp_path):
+    """bf16 training (GPU) exports bf16 weights with a config that says so: vLLM and transformers load
+    them as they are (half the bytes of the fp32 masters) instead of upcasting."""
+    from drift.checkpoint import save_policy
+    from drift.parallel import Runtime
+
+    config = tiny_config(tmp_path)
+    model = load_model(config.model, dtype=torch.float32, seed=13, vocab_size=len(build_byte_tokenizer()))
+    with torch.no_grad():  # values with low bits set, which bf16 rounds away
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    bf16_training = Runtime(0, 1, 0, torch.device("cpu"), torch.bfloat16)
+    save_policy(SequenceLogprobModel(model), build_byte_tokenizer(), tmp_path / "model", bf16_training)
+
+    written = load_file(tmp_path / "model" / "model.safetensors")
+    assert {tensor.dtype for tensor in written.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype="auto")
+    assert reloaded.dtype == torch.bfloat16
+    expected = model.state_dict()
+    for name, value in reloaded.state_dict().items():
+        # round-to-nearest of the fp32 master, exactly what .to(bfloat16) gives
+        assert torch.equal(value, expected[name].to(torch.bfloat16)), name

@@ -1,8 +1,6 @@
 """Bad config values fail with a sentence naming the key, before any model or data is loaded."""
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -73,28 +71,6 @@ def test_unknown_key_is_named():
         structured(raw, Config)
 
 
-@pytest.mark.integration  # starts a process
-def test_entry_point_fails_before_loading_the_model(tmp_path):
-    # the model path does not exist: if anything were loaded first, the error would be about it
-    command = [
-        sys.executable, "launch/train.py", "method.beta=0", "model.name_or_path=/nonexistent/model",
-        f"output_dir={tmp_path}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
-    assert result.returncode == 2
-    assert "config error: method.beta must be > 0, got 0" in result.stderr
-    assert "nonexistent" not in result.stderr
-
-
-@pytest.mark.integration  # starts a process
-def test_a_value_of_the_wrong_type_is_one_sentence_before_anything_loads(tmp_path):
-    command = [sys.executable, "launch/train.py", "trainer.lr=abc", f"output_dir={tmp_path}"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(CONF).parent, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr == "config error: trainer.lr must be a number, got 'abc'\n"
-    assert not list(tmp_path.iterdir())  # not even the run folder
-
-
 def test_group_files_hold_only_what_differs_from_the_dataclasses():
     from omegaconf import OmegaConf
 
@@ -110,3 +86,17 @@ def test_group_files_hold_only_what_differs_from_the_dataclasses():
             values = OmegaConf.to_container(OmegaConf.load(path)) or {}
             repeated = {key for key, value in values.items() if key not in identity and defaults.get(key) == value}
             assert not repeated, f"{path} repeats the defaults of {schema.__name__}: {sorted(repeated)}"
+
+
+def test_analyze_command_files_set_no_value_of_their_dataclass():
+    """conf/analyze/<command>.yaml only composes: every key and default is the command's CONFIG's."""
+    from omegaconf import OmegaConf
+
+    from drift.commands import commands
+
+    for command in commands():
+        values = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "analyze" / f"{command}.yaml"))
+        assert set(values) == {"defaults"}, f"conf/analyze/{command}.yaml sets {sorted(set(values) - {'defaults'})}"
+        assert values["defaults"] == [f"{command}_schema", "common", "_self_"]
+    shared = OmegaConf.to_container(OmegaConf.load(Path(CONF) / "analyze" / "common.yaml"))
+    assert set(shared) == {"defaults", "hydra"}  # Hydra's own settings, none of a command's keys

@@ -36,3 +36,17 @@ def test_pair_metrics_cover_every_pair_and_match_the_step_means(tmp_path):
         for row in rows:
             assert row["logit"] == pytest.approx(row["chosen_reward"] - row["rejected_reward"], abs=1e-6)
     assert any(abs(row["logit"]) > 1e-4 for row in pairs if row["step"] > 1)
+
+
+def test_a_resumed_run_drops_the_steps_after_its_checkpoint_and_a_torn_last_row(tmp_path):
+    from drift.config import LoggingConfig
+    from drift.metrics import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    # steps 1-3 logged, then the run was killed while writing step 4's row
+    path.write_text("".join(json.dumps({"step": step, "loss": step / 10}) + "\n" for step in (1, 2, 3)) + '{"step": 4, "lo')
+    assert [row["step"] for row in read_metrics(path)] == [1, 2, 3]
+    log = MetricsLog(path, LoggingConfig(wandb_mode="disabled"), enabled=True, run_name="r", resume_after_step=2)
+    log.log({"step": 3, "loss": 0.25})
+    log.close()
+    assert _rows(path) == [{"step": 1, "loss": 0.1}, {"step": 2, "loss": 0.2}, {"step": 3, "loss": 0.25}]

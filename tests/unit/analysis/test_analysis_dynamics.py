@@ -116,19 +116,23 @@ def test_overrides_fail_with_a_sentence(capsys):
     assert "give at least one run=" in capsys.readouterr().err
 
 
-@pytest.mark.integration  # starts a process
-def test_the_command_line_is_a_hydra_app(tmp_path):
-    """--cfg job prints the composed config; a missing value fails with one sentence before anything loads."""
-    import subprocess
+def test_an_empty_run_is_one_sentence_naming_the_key(capsys):
+    assert invoke("dynamics", ["run="]) == 2
+    assert capsys.readouterr().err == "dynamics: give at least one run=runs/<run_name> (run=[runs/A,runs/B] overlays several)\n"
+    assert invoke("gradient_check", ["run=", "iteration=1"]) == 2
+    assert capsys.readouterr().err.startswith("gradient_check: give run= (e.g. run=runs/drift_smollm2_fixture iteration=1)")
 
-    analyze = [sys.executable, str(Path(__file__).resolve().parents[3] / "launch" / "analyze.py")]
-    printed = subprocess.run([*analyze, "coverage", "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert printed.returncode == 0, printed.stderr
-    assert "m: 128" in printed.stdout and "quantile: 0.8" in printed.stdout and "truncated: keep" in printed.stdout
-    missing = subprocess.run([*analyze, "dynamics", "run="], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert missing.returncode == 2
-    assert missing.stderr == "dynamics: give at least one run=runs/<run_name> (run=[runs/A,runs/B] overlays several)\n"
-    assert not list(tmp_path.iterdir())  # no Hydra folder, no log file
+
+def test_a_torn_last_row_of_a_run_still_training_is_left_out_and_other_damage_named(tmp_path, capsys):
+    stage = tmp_path / "run" / "iter_0" / "train"
+    stage.mkdir(parents=True)
+    row = {"step": 1, **{key: 0.5 for key in dynamics.STEP_QUANTITIES}}
+    (stage / "metrics.jsonl").write_text(json.dumps(row) + "\n" + '{"step": 2, "lo')
+    (iteration,) = dynamics.analyze_run(tmp_path / "run", "run", 0.5, 20)["iterations"]
+    assert iteration["steps"] == 1
+    (stage / "metrics.jsonl").write_text('{"step": 2, "lo\n' + json.dumps(row) + "\n")
+    assert invoke("dynamics", [f"run={tmp_path / 'run'}"]) == 2
+    assert "metrics.jsonl:1: not valid JSON" in capsys.readouterr().err
 
 
 # ---- plots from a tiny real stage ---------------------------------------------------------------

@@ -1,16 +1,12 @@
-"""The shipped fixtures: reproducible from their source, counts worked out by hand, prepare_data end to end."""
+"""The shipped fixtures: reproducible from their source, counts worked out by hand (prepare_data end to end:
+tests/integration/test_data_fixtures_process.py)."""
 
-import pytest
 import json
-import os
 import runpy
-import subprocess
-import sys
 from collections import Counter
 
 from drift.data import FIXTURE_DIR, DataConfig, load_records
 
-REPO = FIXTURE_DIR.parents[2]
 SHIPPED = ("sat_dsat_annotation.jsonl", "seed_pairs.jsonl", "dsat_data.jsonl", "wildfeedback_pairs.jsonl",
            "ultrafeedback_binarized.jsonl", "openbmb_ultrafeedback.jsonl")
 
@@ -66,33 +62,3 @@ def test_seed_pairs_file_shape():
     assert sum(len(r["prompt"]) > 2 for r in rows) >= 3  # some multi-turn
     assert sum(r["prompt"][0]["role"] == "system" for r in rows) == 3
 
-
-def run_prepare(tmp_path, *overrides):
-    env = dict(os.environ, HYDRA_FULL_ERROR="1")
-    return subprocess.run([sys.executable, str(REPO / "launch" / "prepare_data.py"), *overrides],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
-
-
-@pytest.mark.integration  # starts a process
-def test_prepare_data_fixture_end_to_end(tmp_path):
-    out = tmp_path / "out"
-    result = run_prepare(tmp_path, f"out_dir={out}")
-    assert result.returncode == 0, result.stderr
-    assert "| DSAT->SAT seed pairs | 25 (62.50%) | 491 (0.55%) |" in result.stdout
-    report = json.loads((out / "report.json").read_text())
-    assert (report["dsat_cases"], report["sat_replies"], report["seed_pairs"]) == (34, 32, 25)
-    assert report["rejects_by_reason"] == {"duplicate_conversation": 1}
-    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert rejects == [{"record_id": "conv41", "reason": "duplicate_conversation", "detail": "same turns as conv12",
-                        "location": "sat_dsat_annotation.jsonl:200"}]
-    assert len((out / "seed_pairs.jsonl").read_text().splitlines()) == 25
-    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
-
-
-@pytest.mark.integration  # starts a process
-def test_prepare_data_wrong_schema_exits_with_a_sentence(tmp_path):
-    result = run_prepare(tmp_path, "data=drift_jsonl", f"data.path={FIXTURE_DIR / 'wildfeedback_pairs.jsonl'}",
-                         f"out_dir={tmp_path / 'out'}")
-    assert result.returncode == 2
-    assert "wildfeedback_pairs.jsonl: missing column(s) prompt, user_preference" in result.stderr
-    assert "Traceback" not in result.stderr

@@ -107,6 +107,44 @@ def test_wildfeedback_pairs_config():
     assert pair.source == "wildfeedback"
 
 
+def test_wildfeedback_pairs_bad_rows(tmp_path):
+    good = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
+            "rejected": {"from": "gpt", "value": "b"}}
+    rows = [
+        good,
+        {k: v for k, v in good.items() if k != "conversations"},  # 2
+        dict(good, conversations=[]),  # 3
+        dict(good, conversations=[{"from": "human"}]),  # 4
+        dict(good, conversations=[{"from": "robot", "value": "q"}]),  # 5
+        # 6: the first message is read (and is fine) before the second is found not to be a message
+        dict(good, conversations=[{"from": "human", "value": "q"}, ["not", "a", "message"]]),
+        # 7: an unknown role in the first message is named before the second's shape is looked at
+        dict(good, conversations=[{"from": "robot", "value": "q"}, "not a message"]),
+        '{"conversations": [',  # 8: not JSON
+        dict(good, chosen=[{"from": "human", "value": "a"}]),  # 9
+    ]
+    records = load_records(DataConfig(name="wildfeedback", path=write_jsonl(tmp_path / "w.jsonl", rows),
+                                      hub_config="wildfeedback"))
+    assert len(records.preference_pairs) == 1
+    assert [(r.location, r.reason) for r in records.rejects] == [
+        ("w.jsonl:8", "unreadable_row"),
+        ("w.jsonl:2", "missing_field"),
+        ("w.jsonl:3", "bad_message"),
+        ("w.jsonl:4", "bad_message"),
+        ("w.jsonl:5", "unknown_role"),
+        ("w.jsonl:6", "bad_message"),
+        ("w.jsonl:7", "unknown_role"),
+        ("w.jsonl:9", "bad_reply"),
+    ]
+    details = {r.location: r.detail for r in records.rejects}
+    assert details["w.jsonl:8"].startswith("line 8 is not valid JSON (")
+    assert details["w.jsonl:3"] == "conversations must be a non-empty list of {from, value} messages"
+    assert details["w.jsonl:4"] == "conversations[0] is not a {from, value} message"
+    assert details["w.jsonl:5"] == "conversations[0] has from='robot'; expected human or gpt"
+    assert details["w.jsonl:6"] == "conversations[1] is not a {from, value} message"
+    assert records.report["rows"] == 9
+
+
 def test_wildfeedback_config_mismatch_points_to_the_other_config():
     with pytest.raises(SchemaError, match="data.hub_config=sat_dsat_annotation"):
         load_records(DataConfig(name="wildfeedback", path=str(FIXTURE_DIR / "sat_dsat_annotation.jsonl"),

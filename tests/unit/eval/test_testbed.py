@@ -132,6 +132,15 @@ def test_testbed_source_yields_dsat_cases_sat_replies_and_seed_pairs_with_specs(
         assert pair.chosen == by_id[conversation_of(pair.pair_id)]["revision"]
 
 
+def test_a_spec_file_line_that_is_not_a_json_object_is_named(tmp_path):
+    first, rest = (FIXTURES / "testbed.jsonl").read_text(encoding="utf-8").split("\n", 1)
+    for bad, problem in (('{"conversation_id": ', "not valid JSON"), ("[1, 2]", "a JSON list, not an object")):
+        path = tmp_path / "testbed.jsonl"
+        path.write_text(f"{first}\n{bad}\n{rest}", encoding="utf-8")
+        with pytest.raises(SpecError, match=rf"testbed\.jsonl:2: {problem}"):
+            load_specs(path)
+
+
 def test_conversation_of_reads_prompt_and_pair_ids():
     assert conversation_of("tb-words-volcano/t2#guided") == "tb-words-volcano"
     assert conversation_of("tb-words-volcano/t3:spin") == "tb-words-volcano"

@@ -7,14 +7,12 @@ nothing. Triton runs in a subprocess under TRITON_INTERPRET=1 (the variable must
 its kernels are defined, and it must not leak into the other tests of this process).
 
 Run as a script (python tests/unit/kernels/test_kernels.py triton) it checks one implementation on all cases;
-that is what the Triton test does in its subprocess.
+that is what tests/integration/test_kernels_process.py runs in its subprocess.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 import sys
 
 import pytest
@@ -221,16 +219,6 @@ def test_flash_attn_wrapper_against_a_stand_in_for_its_kernel(monkeypatch):
         # the backward reuses the forward's lse and takes the gradient in place
         assert all(lse and inplace for lse, inplace, _ in backward_calls)
         assert len(backward_calls) == len(forward_calls)
-
-
-@pytest.mark.integration  # starts a process
-def test_triton_matches_fp64_reference_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run(
-        [sys.executable, __file__, "triton"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.stdout.split() == [case.name for case in CASES]
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
 """drift.kernels dispatch: what "auto" picks, what a forced implementation says when it cannot
-run, input checks, and that importing the package pulls in neither triton nor flash-attn."""
+run, input checks (that importing the package pulls in neither triton nor flash-attn, in a fresh
+interpreter: tests/integration/test_kernels_dispatch_process.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,24 +16,6 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 def installed(*packages):
     return lambda package: package in packages
-
-
-def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    environment.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
-
-
-@pytest.mark.integration  # starts a process
-def test_import_and_cpu_use_load_neither_triton_nor_flash_attn():
-    result = run_python(
-        "import sys, torch\n"
-        "import drift.kernels as k\n"
-        "k.token_logprobs(torch.randn(3, 8), torch.randn(11, 8), torch.tensor([1, 2, 3]))\n"
-        "print('triton' in sys.modules, 'flash_attn' in sys.modules)\n"
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -81,35 +61,6 @@ def test_forcing_triton_with_fp64_names_the_dtypes_it_takes(monkeypatch):
     monkeypatch.setattr(dispatch, "_installed", installed("triton"))
     with pytest.raises(RuntimeError, match="takes float32, bfloat16 or float16 inputs, got torch.float64"):
         resolve_impl("triton", CUDA, torch.float64)
-
-
-@pytest.mark.integration  # starts a process
-def test_forced_triton_on_cpu_through_the_public_entry_point_raises():
-    # the real packages here: triton is installed, TRITON_INTERPRET is unset in the child
-    result = run_python(
-        "import torch, drift.kernels as k\n"
-        "try:\n"
-        "    k.token_logprobs(torch.randn(3, 8), torch.randn(11, 8), torch.tensor([1, 2, 3]), impl='triton')\n"
-        "except RuntimeError as e:\n"
-        "    print(e)\n"
-    )
-    assert result.returncode == 0, result.stderr
-    assert "TRITON_INTERPRET=1" in result.stdout
-
-
-@pytest.mark.integration  # starts a process
-def test_triton_imported_before_the_interpreter_was_requested_is_refused():
-    result = run_python(
-        "import os, torch, drift.kernels as k\n"
-        "import drift.kernels.triton_logprobs\n"
-        "os.environ['TRITON_INTERPRET'] = '1'\n"
-        "try:\n"
-        "    k.token_logprobs(torch.randn(3, 8), torch.randn(11, 8), torch.tensor([1, 2, 3]), impl='triton')\n"
-        "except RuntimeError as e:\n"
-        "    print(e)\n"
-    )
-    assert result.returncode == 0, result.stderr
-    assert "was imported before TRITON_INTERPRET=1 was set" in result.stdout
 
 
 def test_unknown_impl_lists_the_valid_ones():

@@ -1,0 +1,30 @@
+"""The memory plan against a measured step: one small validation case of benchmarks/memory_plan.py
+(torchrun, 2 ranks, gloo, fp32) must peak within 20% of what the plan says for the same config."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _memory_plan():
+    name = "memory_plan_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "memory_plan.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_measured_peak_of_a_sharded_step_is_within_20_percent_of_the_plan(tmp_path, monkeypatch):
+    mp = _memory_plan()
+    case = dict(name="small_qwen2_ckpt", family="qwen2", hidden=384, layers=4, heads=6, kv_heads=2, intermediate=1024,
+                batch=2, max_length=384, prompt=32, accum=2, checkpointing=True)
+    monkeypatch.setattr(mp, "VALIDATION_CASES", (case,))
+    report = mp.run_validation(tmp_path / "memory_plan.json")
+    (row,) = report["rows"]
+    assert 0.8 <= row["peak_ratio"] <= 1.2, mp.format_validation(report)
