@@ -13,8 +13,10 @@ leaves half a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,8 +103,9 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, state: T
     barrier(runtime)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     # returns on every rank once rank 0 has written the metadata, i.e. once every shard is on disk
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging / SHARDED_STATE,
-             no_dist=not runtime.distributed)
+    with _single_process_quiet(not runtime.distributed):
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=staging / SHARDED_STATE,
+                 no_dist=not runtime.distributed)
     target = stage_dir / CHECKPOINT
     if runtime.is_main:
         (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
@@ -139,5 +142,17 @@ def load_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, checkpoi
     # the optimizer state is created here (a zero-lr step), so that there are tensors to load into
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=folder, no_dist=not (dist.is_available() and dist.is_initialized()))
+    single = not (dist.is_available() and dist.is_initialized())
+    with _single_process_quiet(single):
+        dcp.load(state, checkpoint_id=folder, no_dist=single)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+@contextlib.contextmanager
+def _single_process_quiet(single: bool):
+    """A single process saves and loads without a process group on purpose: DCP's warning that it
+    assumes so would otherwise print on every checkpoint of every CPU run."""
+    with warnings.catch_warnings():
+        if single:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

@@ -5,10 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from drift.config import ModelConfig, SamplerConfig
-from drift.model import build_byte_tokenizer, load_model
+from drift.config import SamplerConfig
 from drift.sampler.client import DONE, SamplingJob, request_identity, sample, sampler_command
 
 

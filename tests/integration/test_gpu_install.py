@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "launch" / "setup_env.sh"
 VERSIONS = REPO / "launch" / "gpu_versions.txt"
@@ -71,13 +69,11 @@ def _run(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.integration
 def test_setup_env_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(SETUP)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.integration
 def test_gpu_setup_refuses_when_nvidia_smi_is_missing(tmp_path):
     result = _run(_copy_setup(tmp_path), "--gpu", NVIDIA_SMI=str(tmp_path / "no-such-nvidia-smi"))
     assert result.returncode == 3
@@ -86,7 +82,6 @@ def test_gpu_setup_refuses_when_nvidia_smi_is_missing(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
-@pytest.mark.integration
 def test_gpu_setup_refuses_when_nvidia_smi_finds_no_device(tmp_path):
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the driver' >&2\nexit 9\n")
@@ -97,14 +92,12 @@ def test_gpu_setup_refuses_when_nvidia_smi_finds_no_device(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
-@pytest.mark.integration
 def test_setup_env_rejects_an_unknown_argument(tmp_path):
     result = _run(_copy_setup(tmp_path), "--gpus")
     assert result.returncode == 2
     assert "unknown argument '--gpus'" in result.stderr
 
 
-@pytest.mark.integration
 def test_gpu_setup_installs_cuda_torch_first_then_the_pinned_stack(tmp_path):
     result = _run(_copy_setup(tmp_path), "--gpu", "--force", "--dry-run", NVIDIA_SMI=str(tmp_path / "none"))
     assert result.returncode == 0, result.stderr
@@ -129,14 +122,12 @@ def test_gpu_setup_installs_cuda_torch_first_then_the_pinned_stack(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
-@pytest.mark.integration
 def test_cpu_setup_flags_do_not_mix_with_gpu_only_ones(tmp_path):
     result = _run(_copy_setup(tmp_path), "--dry-run")
     assert result.returncode == 2
     assert "go with --gpu" in result.stderr
 
 
-@pytest.mark.integration
 def test_cpu_setup_runs_the_same_installs_as_before(tmp_path):
     # CI runs `bash launch/setup_env.sh`: a stand-in .venv/bin/python records what it is asked to do
     script = _copy_setup(tmp_path)

@@ -37,20 +37,17 @@ def commands() -> dict[str, list[str]]:
     return {line[1]: line[2:] for line in lines}
 
 
-@pytest.mark.integration
 def test_gpu_check_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.integration
 def test_gpu_check_runs_the_four_parts(commands):
     assert list(commands) == [
         "benchmarks/logprob_throughput.py", "benchmarks/dpo_step.py", "launch/train.py", "benchmarks/memory_plan.py",
     ]
 
 
-@pytest.mark.integration
 def test_logprob_kernels_part_runs_bf16_on_cuda_beside_liger(commands):
     args = _module("benchmarks/logprob_throughput.py").build_parser().parse_args(commands["benchmarks/logprob_throughput.py"])
     assert (args.device, args.dtype) == ("cuda", "bfloat16")
@@ -58,14 +55,12 @@ def test_logprob_kernels_part_runs_bf16_on_cuda_beside_liger(commands):
     assert args.out.name.startswith("gpu_") and args.out.parent.name == "results"
 
 
-@pytest.mark.integration
 def test_dpo_step_part_runs_bf16(commands):
     args = _module("benchmarks/dpo_step.py").build_parser().parse_args(commands["benchmarks/dpo_step.py"])
     assert args.precision == "bf16" and "ours" in args.variants
     assert Path(args.out).name.startswith("gpu_")
 
 
-@pytest.mark.integration
 def test_drift_iteration_part_composes_with_the_vllm_sampler(commands):
     from drift.compose import compose
     from drift.config import Config
@@ -76,7 +71,6 @@ def test_drift_iteration_part_composes_with_the_vllm_sampler(commands):
     assert config.trainer.precision == "bf16"
 
 
-@pytest.mark.integration
 def test_memory_plan_part_parses(commands):
     memory_plan = _module("benchmarks/memory_plan.py")
     args, overrides = memory_plan.build_parser().parse_known_args(commands["benchmarks/memory_plan.py"])
