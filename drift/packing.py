@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 PACKED_SDPA = "drift_packed_sdpa"
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
-GPU_EXTRA_HINT = 'flash-attn is in the gpu extra: pip install -e ".[gpu]" (see the README), or set model.attn_implementation=sdpa'
+GPU_EXTRA_HINT = 'flash-attn is in the gpu extra: bash launch/setup_env.sh --gpu (see the README), or set model.attn_implementation=sdpa'
 _registered = False
 
 

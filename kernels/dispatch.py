@@ -50,7 +50,7 @@ def unavailable_reason(impl: str, device: torch.device, dtype: torch.dtype) -> s
         return None
     if impl == "flash_attn":
         if not _installed("flash_attn"):
-            return "impl='flash_attn' needs the flash-attn package: pip install 'drift[gpu]'"
+            return "impl='flash_attn' needs the flash-attn package (the gpu extra): bash launch/setup_env.sh --gpu"
         if device.type != "cuda":
             return (
                 f"impl='flash_attn' needs CUDA tensors (flash-attn's cross-entropy kernel is CUDA-only), got "

@@ -4,7 +4,7 @@ Per chunk, the logits are computed by a library matmul in the input dtype and ha
 flash-attn's ``cross_entropy_loss`` (loss = lse - target logit). The backward recomputes the
 chunk and lets flash-attn write the logit gradient over the logits in place
 (``inplace_backward``), reusing the forward's logsumexp, so one [chunk, vocab] buffer is all
-it holds. Needs the ``gpu`` extra (pip install 'drift[gpu]') and CUDA tensors.
+it holds. Needs the ``gpu`` extra (bash launch/setup_env.sh --gpu) and CUDA tensors.
 """
 
 from __future__ import annotations

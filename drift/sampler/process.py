@@ -47,7 +47,7 @@ SAMPLES_FILE = "samples.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 REPORT_FILE = "sampling_report.json"
 OUTPUT_FILES = (SAMPLES_FILE, REJECTS_FILE, REPORT_FILE)
-VLLM_MISSING = "sampler=vllm needs vLLM: pip install 'drift[gpu]'"
+VLLM_MISSING = "sampler=vllm needs vLLM (the gpu extra): bash launch/setup_env.sh --gpu"
 VLLM_SHARD_PREFIX = ".vllm_shard_rank"  # a data-parallel engine's results, merged then removed
 
 

@@ -32,6 +32,6 @@ def test_kernel_matches_fp64_reference_on_cuda(impl, case):
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
 def test_flash_attn_kernel_matches_fp64_reference_on_cuda(case):
-    pytest.importorskip("flash_attn", reason="flash-attn is the gpu extra's: pip install -e '.[gpu]'")
+    pytest.importorskip("flash_attn", reason="flash-attn is the gpu extra's: bash launch/setup_env.sh --gpu")
     tolerance = FLASH_ATTN_BF16_VALUE_TOLERANCE if case.dtype == torch.bfloat16 else None
     check_case(case, on_cuda(via_dispatch("flash_attn")), value_tolerance=tolerance)

@@ -40,7 +40,7 @@ def test_compiled_flex_attention_matches_the_sdpa_loop(share, window):
 
 @pytest.mark.parametrize("share,window", [(True, None), (True, 3), (False, 4)])
 def test_flash_varlen_matches_the_sdpa_loop(share, window):
-    pytest.importorskip("flash_attn", reason="flash-attn is the gpu extra's: pip install -e '.[gpu]'")
+    pytest.importorskip("flash_attn", reason="flash-attn is the gpu extra's: bash launch/setup_env.sh --gpu")
     layout, _ = _layout(SHARED, share)
     query, key, value = _qkv(layout.length, torch.bfloat16)
     assert packing.attention_backend(query, 0.0) == "flash_attn"

@@ -196,14 +196,14 @@ def test_backend_choice(monkeypatch):
 
 def test_forced_flash_attention_without_flash_attn_names_the_gpu_extra(monkeypatch):
     monkeypatch.setattr(packing, "flash_attn_installed", lambda: False)
-    with pytest.raises(ImportError, match=r'model.attn_implementation=flash_attention_2.*pip install -e "\.\[gpu\]"'):
+    with pytest.raises(ImportError, match=r'model.attn_implementation=flash_attention_2.*bash launch/setup_env.sh --gpu'):
         packing.check_attn_implementation("flash_attention_2")
     packing.check_attn_implementation("sdpa")  # nothing to check
     # and loading a model says so before transformers tries to import flash-attn
     from drift.config import ModelConfig
     from drift.model import load_model
 
-    with pytest.raises(ImportError, match=r"\[gpu\]"):
+    with pytest.raises(ImportError, match=r"setup_env.sh --gpu"):
         load_model(ModelConfig(name_or_path="tiny:llama", attn_implementation="flash_attention_2"), dtype=torch.float32, seed=0)
 
 

@@ -43,7 +43,7 @@ def test_auto_on_cuda_prefers_triton_then_flash_attn_then_chunked(monkeypatch, p
 @pytest.mark.parametrize(
     ("impl", "device", "packages", "env", "message"),
     [
-        ("flash_attn", CUDA, (), {}, "impl='flash_attn' needs the flash-attn package: pip install 'drift[gpu]'"),
+        ("flash_attn", CUDA, (), {}, "impl='flash_attn' needs the flash-attn package (the gpu extra): bash launch/setup_env.sh --gpu"),
         ("flash_attn", CPU, ("flash_attn",), {}, "impl='flash_attn' needs CUDA tensors"),
         ("triton", CUDA, (), {}, "impl='triton' needs the triton package: pip install triton"),
         ("triton", CPU, ("triton",), {}, "set TRITON_INTERPRET=1 in the environment before drift.kernels.triton_logprobs"),

@@ -490,7 +490,7 @@ def test_vllm_layout_tensor_parallel_groups_data_parallel_across_them():
 
 def test_vllm_missing_names_the_gpu_extra(monkeypatch, checkpoint, tmp_path):
     monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
-    with pytest.raises(ImportError, match=r"pip install 'drift\[gpu\]'"):
+    with pytest.raises(ImportError, match=r"the gpu extra\): bash launch/setup_env.sh --gpu"):
         import_vllm()
     prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
     with pytest.raises(ImportError) as error:
