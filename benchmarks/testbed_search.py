@@ -128,7 +128,7 @@ def plot(rows: list[dict], path: Path, by: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
     for row in rows:
         names = [name for name in stage_names if name in row["stages"]]
@@ -138,7 +138,7 @@ def plot(rows: list[dict], path: Path, by: str) -> None:
     ax.set_ylabel("held-out gold (104 prompts)")
     ax.set_title("testbed: gold per stage (base and warm start are the first two points)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     fig.tight_layout()
     from drift.io import atomic_target
 
