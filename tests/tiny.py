@@ -32,3 +32,21 @@ def synthetic_pairs(count: int, seed: int = 0, vocab: int = 250) -> list[Tokeniz
         rejected = tuple(rng.randrange(vocab) for _ in range(rng.randint(2, 10)))
         pairs.append(TokenizedPair(f"pair-{index}", TokenSequence(prompt, chosen), TokenSequence(prompt, rejected)))
     return pairs
+
+
+def plain_fp64_logps(causal_lm, sequences: list[TokenSequence]):
+    """The reference for every packing test: each sequence alone through the plain HF model in fp64
+    (its own masks, sliding windows included), log_softmax over the full logits, the response's
+    tokens gathered and summed. The model is handed back in fp32."""
+    import torch
+
+    model = causal_lm.double()
+    values = []
+    with torch.no_grad():
+        for sequence in sequences:
+            logits = model(torch.tensor([sequence.prompt_ids + sequence.response_ids])).logits[0]
+            first = len(sequence.prompt_ids)
+            logps = torch.log_softmax(logits[first - 1 : -1], dim=-1)
+            values.append(logps.gather(1, torch.tensor(sequence.response_ids).unsqueeze(1)).sum())
+    causal_lm.float()
+    return torch.stack(values)

@@ -3,22 +3,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _memory_plan():
-    name = "memory_plan_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "memory_plan.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+# the module loader of the plan's unit tests (tests/unit/test_memory_plan.py)
+from tests.unit.test_memory_plan import _memory_plan
 
 def test_measured_peak_of_a_sharded_step_is_within_20_percent_of_the_plan(tmp_path, monkeypatch):
     mp = _memory_plan()

@@ -19,7 +19,7 @@ from drift.reference import weights_fingerprint
 from drift.sampler.process import choose_engine, hf_generate_batch
 from drift.tokenize import TokenSequence, collate_sequences, response_suffix
 from drift.train import Stage, train_stage
-from tests.tiny import synthetic_pairs, tiny_config
+from tests.tiny import plain_fp64_logps, synthetic_pairs, tiny_config
 
 GEMMA3 = ModelConfig(name="tiny", name_or_path="tiny:gemma3", tiny_layers=3)  # sliding, sliding, global
 
@@ -33,20 +33,6 @@ def _sequences() -> list[TokenSequence]:
     pairs = synthetic_pairs(3, seed=11)
     longer = [TokenSequence(p.chosen.prompt_ids * 2, s.response_ids) for p in pairs for s in (p.chosen, p.rejected)]
     return longer + [TokenSequence(longer[0].prompt_ids, longer[1].response_ids[:3])]
-
-
-def _plain_fp64_logps(causal_lm, sequences) -> torch.Tensor:
-    """Each sequence alone through the plain HF model in fp64 (HF's own sliding-window masks)."""
-    model = causal_lm.double()
-    values = []
-    with torch.no_grad():
-        for sequence in sequences:
-            logits = model(torch.tensor([sequence.prompt_ids + sequence.response_ids])).logits[0]
-            first = len(sequence.prompt_ids)
-            logps = torch.log_softmax(logits[first - 1 : -1], dim=-1)
-            values.append(logps.gather(1, torch.tensor(sequence.response_ids).unsqueeze(1)).sum())
-    causal_lm.float()
-    return torch.stack(values)
 
 
 def test_tiny_gemma3_has_gemma3s_architecture():
@@ -64,13 +50,13 @@ def test_tiny_gemma3_has_gemma3s_architecture():
 def test_sequence_logps_match_each_sequence_alone_in_fp64(layout):
     sequences = _sequences()
     assert max(len(s) for s in sequences) > 2 * TINY_GEMMA3_SLIDING_WINDOW
-    expected = _plain_fp64_logps(load_model(GEMMA3, dtype=torch.float32, seed=3, vocab_size=_vocab()), sequences)
+    expected = plain_fp64_logps(load_model(GEMMA3, dtype=torch.float32, seed=3, vocab_size=_vocab()), sequences)
     # the windows matter: the same weights with windows as long as the sequences score differently
     unwindowed = load_model(GEMMA3, dtype=torch.float32, seed=3, vocab_size=_vocab())
     for layer in unwindowed.model.layers:
         layer.self_attn.sliding_window = None
     unwindowed.config.layer_types = ["full_attention"] * 3
-    assert not torch.allclose(_plain_fp64_logps(unwindowed, sequences), expected, atol=1e-3)
+    assert not torch.allclose(plain_fp64_logps(unwindowed, sequences), expected, atol=1e-3)
 
     model = load_model(GEMMA3, dtype=torch.float32, seed=3, vocab_size=_vocab()).double()
     wrapper = SequenceLogprobModel(model, packed=layout != "padded", share_prompts=layout == "shared_prompts")
@@ -114,7 +100,7 @@ def test_a_dpo_step_packed_and_padded_gives_the_hand_computed_loss_and_the_same_
     made_up = {s.key: -3.0 * index for index, s in enumerate(sequences)}
     initial = load_model(GEMMA3, dtype=torch.float32, seed=tiny_config(tmp_path).trainer.seed, vocab_size=_vocab())
     start_weights = {name: p.detach().clone() for name, p in initial.named_parameters()}
-    policy = _plain_fp64_logps(initial, sequences)
+    policy = plain_fp64_logps(initial, sequences)
     beta = tiny_config(tmp_path).method.beta
     margins = beta * ((policy[0::2] - torch.tensor([made_up[p.chosen.key] for p in pairs], dtype=torch.float64))
                       - (policy[1::2] - torch.tensor([made_up[p.rejected.key] for p in pairs], dtype=torch.float64)))

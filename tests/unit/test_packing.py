@@ -6,21 +6,7 @@ import torch
 from drift.model import build_byte_tokenizer, load_model
 from drift.parallel import SequenceLogprobModel, sequence_logps
 from drift.tokenize import TokenSequence, collate_sequences
-from tests.tiny import synthetic_pairs, tiny_config
-
-
-def _plain_fp64_logps(causal_lm, sequences) -> torch.Tensor:
-    """Each sequence alone through the plain HF model in fp64: log_softmax over full logits, gather."""
-    model = causal_lm.double()
-    values = []
-    for sequence in sequences:
-        ids = torch.tensor([sequence.prompt_ids + sequence.response_ids])
-        logits = model(ids).logits[0]
-        first = len(sequence.prompt_ids)
-        logps = torch.log_softmax(logits[first - 1 : -1], dim=-1)
-        values.append(logps.gather(1, torch.tensor(sequence.response_ids).unsqueeze(1)).sum())
-    causal_lm.float()
-    return torch.stack(values)
+from tests.tiny import plain_fp64_logps, synthetic_pairs, tiny_config
 
 
 def test_packed_and_padded_batches_match_each_sequence_alone(tmp_path):
@@ -28,7 +14,7 @@ def test_packed_and_padded_batches_match_each_sequence_alone(tmp_path):
     config.model.name_or_path = "tiny:qwen2"  # grouped-query attention (4 heads, 2 kv heads), untied head
     sequences = [s for pair in synthetic_pairs(3, seed=4) for s in (pair.chosen, pair.rejected)]
     vocab = len(build_byte_tokenizer())
-    expected = _plain_fp64_logps(load_model(config.model, dtype=torch.float32, seed=1, vocab_size=vocab), sequences)
+    expected = plain_fp64_logps(load_model(config.model, dtype=torch.float32, seed=1, vocab_size=vocab), sequences)
 
     results = {}
     for packed in (True, False):
@@ -60,7 +46,7 @@ def test_shared_prompts_match_each_sequence_alone(tmp_path, architecture):
     config.model.name_or_path = architecture
     sequences = _shared_prompt_sequences()
     vocab = len(build_byte_tokenizer())
-    expected = _plain_fp64_logps(load_model(config.model, dtype=torch.float32, seed=2, vocab_size=vocab), sequences)
+    expected = plain_fp64_logps(load_model(config.model, dtype=torch.float32, seed=2, vocab_size=vocab), sequences)
 
     shared_batch = collate_sequences(sequences, pad_id=0, packed=True, share_prompts=True)
     prompt_lengths = {len(s.prompt_ids) for s in sequences}

@@ -13,7 +13,7 @@ import torch
 from drift import kernels, packing
 from drift.parallel import SequenceLogprobModel, sequence_logps
 from drift.tokenize import TokenSequence, collate_sequences
-from tests.tiny import synthetic_pairs
+from tests.tiny import plain_fp64_logps, synthetic_pairs
 
 VOCAB = 250
 WINDOW = 4  # shorter than most test sequences, so the window really cuts
@@ -40,24 +40,13 @@ def _sequences():
     return [a.chosen, pairs[1].chosen, pairs[2].chosen, a.rejected, pairs[1].rejected, third]
 
 
-def _alone_fp64(causal_lm, sequences) -> torch.Tensor:
-    model = causal_lm.double()
-    values = []
-    with torch.no_grad():
-        for sequence in sequences:
-            logits = model(torch.tensor([sequence.prompt_ids + sequence.response_ids])).logits[0]
-            logps = torch.log_softmax(logits[len(sequence.prompt_ids) - 1 : -1], dim=-1)
-            values.append(logps.gather(1, torch.tensor(sequence.response_ids).unsqueeze(1)).sum())
-    return torch.stack(values)
-
-
 @pytest.mark.parametrize("family", ["qwen2", "gemma3"])
 def test_sliding_window_models_pack_and_match_each_sequence_alone(family):
     sequences = _sequences()
     assert max(len(s) for s in sequences) > 2 * WINDOW
-    expected = _alone_fp64(_tiny(family), sequences)
+    expected = plain_fp64_logps(_tiny(family), sequences)
     # without the window the answer would differ: the check can fail
-    assert not torch.allclose(_alone_fp64(_no_window(_tiny(family)), sequences), expected, atol=1e-3)
+    assert not torch.allclose(plain_fp64_logps(_no_window(_tiny(family)), sequences), expected, atol=1e-3)
     for share in (True, False):
         wrapper = SequenceLogprobModel(_tiny(family).double(), packed=True, share_prompts=share)
         assert wrapper.packed and wrapper.share_prompts is share
@@ -82,7 +71,7 @@ def test_flex_backend_end_to_end_on_cpu(monkeypatch):
     eagerly on CPU through a sliding-window model with shared prompts: forward only (FlexAttention
     has no CPU backward)."""
     sequences = _sequences()
-    expected = _alone_fp64(_tiny("gemma3", seed=1), sequences)
+    expected = plain_fp64_logps(_tiny("gemma3", seed=1), sequences)
     built = []
     real_build = packing.flex_block_mask
 
@@ -126,7 +115,7 @@ def test_head_runs_in_bf16_under_autocast_and_matches_fp64(monkeypatch):
     """Single-process bf16: the head GEMM's inputs reach the kernel in bf16 (tensor cores on GPU), not
     in the fp32 that the final norm returns under autocast; the log-probs stay within bf16 error."""
     sequences = _sequences()
-    expected = _alone_fp64(_tiny("qwen2", seed=3), sequences)
+    expected = plain_fp64_logps(_tiny("qwen2", seed=3), sequences)
     seen = []
     real = kernels.token_logprobs
 
