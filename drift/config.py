@@ -67,6 +67,9 @@ class MethodConfig:
     # weight of the NLL term on the chosen side (the paper's code: TRL's rpo_alpha=0.001)
     rpo_alpha: float = 0.001
     warmstart_epochs: int = 3
+    # an earlier run's folder whose finished warm start this run links instead of training its own
+    # (drift.warmstart: every setting that shapes a warm start must be the same in both runs)
+    warmstart_from: Optional[str] = None
     iterations: int = 0
     iteration_epochs: int = 1
     # "iteration_start": reference = policy at the start of each iteration (the paper's code);
@@ -85,6 +88,9 @@ class MethodConfig:
         check(self.rpo_alpha >= 0, f"method.rpo_alpha must be >= 0 (0 turns the NLL term off), got {self.rpo_alpha}")
         check(self.warmstart_epochs >= 0, f"method.warmstart_epochs must be >= 0, got {self.warmstart_epochs}")
         check(self.iterations >= 0, f"method.iterations must be >= 0, got {self.iterations}")
+        check(not self.warmstart_from or self.warmstart_epochs > 0,
+              f"method.warmstart_from={self.warmstart_from} needs method.warmstart_epochs > 0 (the run has no warm "
+              f"start to reuse), got {self.warmstart_epochs}")
         check(self.iteration_epochs >= 1, f"method.iteration_epochs must be >= 1, got {self.iteration_epochs}")
         check(self.reference in choices(Reference),
               f"method.reference must be {either_or(Reference)}, got {self.reference!r}")

@@ -24,6 +24,7 @@ from drift.model import TINY_PREFIX, load_model, load_tokenizer, resolve_source,
 from drift.parallel import Runtime, barrier, init_runtime, run_on_main
 from drift.tokenize import tokenize_pairs
 from drift.train import Stage, train_stage
+from drift.warmstart import SETTINGS_FILE, record_settings, reuse_warmstart, warmstart_settings
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -178,7 +179,13 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
                 f"({len(records.rejects)} records rejected); set method.warmstart_epochs=0 to skip it"
             )
         folder = run_dir / "iter_0"
+        settings = warmstart_settings(config)
+        if config.method.warmstart_from:
+            run_on_main(runtime, folder, lambda: reuse_warmstart(config.method.warmstart_from, run_dir, settings),
+                        what=f"linking the warm start of {config.method.warmstart_from}")
         if runtime.is_main:
+            if not (folder / SETTINGS_FILE).exists():
+                record_settings(folder, settings)
             write_jsonl_atomic(folder / "data" / "rejects.jsonl", [asdict(r) for r in records.rejects])
             # the warm start's pairs as trained, like iter_k/pairs/pairs.jsonl (analyses read them)
             write_jsonl_atomic(folder / "data" / "pairs.jsonl", [asdict(pair) for pair in records.seed_pairs])
@@ -186,6 +193,8 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         stage = Stage("warmstart", folder / "train", pairs, initial, initial, config.method.warmstart_epochs, cache_dir)
         policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
         summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder)}
+        if config.method.warmstart_from:
+            summary["stages"]["warmstart"]["from"] = str(Path(config.method.warmstart_from).resolve())
 
     for iteration in range(1, config.method.iterations + 1):
         folder = run_dir / f"iter_{iteration}"

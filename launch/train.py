@@ -9,8 +9,8 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from drift.compose import run_app, validated
-from drift.config import Config
+from drift.compose import exit_with_sentence, run_app, validated
+from drift.config import Config, ConfigError
 
 ERROR_PREFIX = "config error"  # "config error: <one sentence>", before anything is loaded
 
@@ -22,7 +22,10 @@ def main(cfg: DictConfig) -> None:
     from drift.pipeline import format_summary, run
 
     config = validated(cfg, Config, error_prefix=ERROR_PREFIX)
-    summary = run(config, HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True))
+    try:
+        summary = run(config, HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True))
+    except ConfigError as error:  # a setting that only the run's files can check (method.warmstart_from)
+        exit_with_sentence(ERROR_PREFIX, str(error))
     if int(os.environ.get("RANK", "0")) == 0:
         print(format_summary(summary))
 
