@@ -28,7 +28,9 @@ LEVERS = {  # column -> dotted key in the run's composed config
     "iterations": "method.iterations",
     "seed": "trainer.seed",
     "guidance": "data.guidance",
+    "rpo_alpha": "method.rpo_alpha",
 }
+RPO_ALPHA_DEFAULT = 0.001  # rows merged from before the column existed ran at the default
 
 
 def find_runs(folders: list[Path]) -> list[Path]:
@@ -66,6 +68,8 @@ def run_row(run: Path) -> dict:
     }
     row["steps"] = {name: stats.get("steps") for name, stats in summary["stages"].items()}
     row["gains"] = final_gains(summary.get("heldout", {}))
+    # a warm start linked from another run (method.warmstart_from): its minutes are not in this run's
+    row["warmstart_from"] = summary["stages"].get("warmstart", {}).get("from")
     return row
 
 
@@ -98,12 +102,14 @@ def with_prompt_gold(result: dict) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
-    header = (["method", "lr", "beta", "batch", "ws ep", "iters", "seed", "min"] + [f"{name} gold (stated/revealed)" for name in stage_names]
+    header = (["method", "lr", "beta", "rpo α", "guidance", "batch", "ws ep", "iters", "seed", "min"] + [f"{name} gold (stated/revealed)" for name in stage_names]
               + ["last - warm start (± SE)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: -final_gold(r)):
-        cells = [row["method"], f"{row['lr']:g}", f"{row['beta']:g}", str(row["global_batch"]), str(row["warmstart_epochs"]),
-                 str(row["iterations"]), str(row["seed"]), "–" if row["minutes"] is None else f"{row['minutes']:g}"]
+        minutes = "–" if row["minutes"] is None else f"{row['minutes']:g}" + (" (ws shared)" if row.get("warmstart_from") else "")
+        cells = [row["method"], f"{row['lr']:g}", f"{row['beta']:g}", f"{row.get('rpo_alpha', RPO_ALPHA_DEFAULT):g}",
+                 row.get("guidance") or "", str(row["global_batch"]), str(row["warmstart_epochs"]),
+                 str(row["iterations"]), str(row["seed"]), minutes]
         for name in stage_names:
             stage = row["stages"].get(name)
             cells.append("" if stage is None else f"{stage['gold']:.3f} ({stage.get('stated', float('nan')):.3f}/{stage.get('revealed', float('nan')):.3f})")
@@ -132,7 +138,9 @@ def plot(rows: list[dict], path: Path, by: str) -> None:
     stage_names = sorted({name for row in rows for name in row["stages"]}, key=stage_order)
     for row in rows:
         names = [name for name in stage_names if name in row["stages"]]
-        label = row["method"] if by == "method" else f"{row['method']} lr={row['lr']:g} β={row['beta']:g} b={row['global_batch']} ws={row['warmstart_epochs']} s={row['seed']}"
+        label = row["method"] if by == "method" else (
+            f"{row['method']} lr={row['lr']:g} β={row['beta']:g} α={row.get('rpo_alpha', RPO_ALPHA_DEFAULT):g} "
+            f"b={row['global_batch']} ws={row['warmstart_epochs']} {row.get('guidance') or ''} s={row['seed']}")
         ax.plot([stage_names.index(n) for n in names], [row["stages"][n]["gold"] for n in names], marker="o", label=label)
     ax.set_xticks(range(len(stage_names)), stage_names)
     ax.set_ylabel("held-out gold (104 prompts)")
