@@ -10,6 +10,7 @@ Hydra saved beside it (``.hydra/config.yaml``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict
@@ -42,8 +43,6 @@ def record_settings(iter0: Path, settings: dict, source: str | None = None) -> N
 
 def recorded_settings(run: Path) -> dict:
     """The warm-start settings of an earlier run: its warmstart.json, else its saved Hydra config."""
-    import json
-
     recorded = run / "iter_0" / SETTINGS_FILE
     if recorded.exists():
         return json.loads(recorded.read_text())["settings"]
