@@ -15,6 +15,7 @@ table with paired gains; writes the results, every prompt's mean gold included, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -24,19 +25,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_settings(run: Path) -> dict:
-    """The run's composed config (what .hydra/config.yaml recorded when it started)."""
-    import yaml
+def run_config(run: Path, samples: int):
+    """The run's composed config (what .hydra/config.yaml recorded when it started), K replies per prompt."""
+    from omegaconf import OmegaConf
+
+    from drift.compose import structured
+    from drift.config import Config
 
     config_file = run / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise SystemExit(f"{run}: no .hydra/config.yaml; pass the folder of a run launch/train.py wrote")
-    return yaml.safe_load(config_file.read_text())
+    config = structured(OmegaConf.load(config_file), Config)
+    return dataclasses.replace(config, eval=dataclasses.replace(config.eval, samples_per_prompt=samples))
 
 
 def resample_run(run: Path, samples: int, stages: list[str] | None) -> dict:
-    from drift.config import SamplerConfig
-    from drift.eval.heldout import eval_sampler, evaluate_checkpoint, read_heldout
+    from drift.eval.heldout import read_heldout
+    from drift.pipeline import evaluate_on_heldout
 
     summary_file = run / "summary.json"
     if not summary_file.is_file():
@@ -44,17 +49,12 @@ def resample_run(run: Path, samples: int, stages: list[str] | None) -> dict:
     evaluated = json.loads(summary_file.read_text()).get("heldout")
     if not evaluated:
         raise SystemExit(f"{run}: its summary has no held-out evaluation (eval.heldout was off); nothing to re-score")
-    names = [name for name in evaluated if stages is None or name in stages]
-    config = run_settings(run)
-    sampler = eval_sampler(SamplerConfig(**config["sampler"]), config["eval"]["max_new_tokens"], samples)
-    heldout = read_heldout(config["eval"]["heldout"])
+    config = run_config(run, samples)
+    heldout = read_heldout(config.eval.heldout)
     results = {}
-    for name in names:
+    for name in [name for name in evaluated if stages is None or name in stages]:
         started = time.perf_counter()
-        results[name] = evaluate_checkpoint(
-            evaluated[name]["checkpoint"], heldout, cache_root=Path(config["output_dir"]) / "eval_cache", sampler=sampler,
-            max_prompt_length=config["trainer"]["max_prompt_length"], prompt_format=config["data"]["prompt_format"],
-            device=config["trainer"]["device"], trust_remote_code=config["model"]["trust_remote_code"])
+        results[name] = evaluate_on_heldout(config, evaluated[name]["checkpoint"], heldout)
         results[name]["seconds"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -68,7 +68,7 @@ def run_row(run: Path) -> dict:
     }
     row["steps"] = {name: stats.get("steps") for name, stats in summary["stages"].items()}
     row["gains"] = final_gains(summary.get("heldout", {}))
-    # a warm start linked from another run (method.warmstart_from): its minutes are not in this run's
+    # a warm start linked from another run (method.warmstart_from): its minutes are not in this run's wall clock
     row["warmstart_from"] = summary["stages"].get("warmstart", {}).get("from")
     return row
 

@@ -227,17 +227,24 @@ def trained_stages(config: Config) -> list[tuple[str, str]]:
 
 def heldout_stage(config: Config, checkpoints: list[tuple[str, str]]) -> dict:
     """Every named checkpoint on the held-out split, scored by gold; printed as a table."""
-    from drift.eval.heldout import eval_sampler, evaluate_checkpoint, format_eval, read_heldout
+    from drift.eval.heldout import format_eval, read_heldout
 
     heldout = read_heldout(config.eval.heldout)
-    sampler = eval_sampler(config.sampler, config.eval.max_new_tokens, config.eval.samples_per_prompt)
-    results = {name: evaluate_checkpoint(
-        checkpoint, heldout, cache_root=Path(config.output_dir) / "eval_cache", sampler=sampler,
-        max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
-        device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
-    ) for name, checkpoint in checkpoints}
+    results = {name: evaluate_on_heldout(config, checkpoint, heldout) for name, checkpoint in checkpoints}
     print(format_eval(results), flush=True)
     return results
+
+
+def evaluate_on_heldout(config: Config, checkpoint: str, heldout: list[dict]) -> dict:
+    """One checkpoint on the held-out rows with the run's evaluation settings and its eval cache."""
+    from drift.eval.heldout import eval_sampler, evaluate_checkpoint
+
+    return evaluate_checkpoint(
+        checkpoint, heldout, cache_root=Path(config.output_dir) / "eval_cache",
+        sampler=eval_sampler(config.sampler, config.eval.max_new_tokens, config.eval.samples_per_prompt),
+        max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
+        device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
+    )
 
 
 def sampling_counts(folder: Path) -> dict:
