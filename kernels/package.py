@@ -1,4 +1,6 @@
-"""Per-token log-probs from hidden states and the lm_head weight, never building [tokens, vocab].
+"""The package `drift.kernels` (this folder, registered by drift/__init__.py: no __init__.py here, so
+the folder never shadows the hub `kernels` package). Per-token log-probs from hidden states and the
+lm_head weight, never building [tokens, vocab].
 
 Public entry point: :func:`token_logprobs`. Layers, each testable alone:
 
