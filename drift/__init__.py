@@ -16,10 +16,8 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 
 
-def _register_kernels() -> None:
+def _register_kernels():
     name = f"{__name__}.kernels"
-    if name in sys.modules:
-        return
     installed = _HERE / "kernels"  # a wheel: setuptools copied kernels/ here
     folder = installed if installed.is_dir() else _HERE.parent / "kernels"
     spec = importlib.util.spec_from_file_location(
@@ -32,6 +30,8 @@ def _register_kernels() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     loader.exec_module(module)
+    return module
 
 
-_register_kernels()
+# `import drift.kernels` finds the module in sys.modules and binds nothing on drift: bind it here
+kernels = _register_kernels()

