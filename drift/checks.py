@@ -23,12 +23,16 @@ Optimizer = Literal["rmsprop", "adamw", "sgd"]
 LrSchedule = Literal["linear", "constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]
 LogprobImpl = Literal["auto", "chunked", "triton", "flash_attn"]
-SamplerBackend = Literal["hf", "vllm"]
+# auto: vLLM on CUDA when it is installed, else hf (drift.backends.resolve_sampler)
+SamplerBackend = Literal["auto", "hf", "vllm"]
 SamplerDtype = Literal["auto", "float32", "bfloat16"]
 SamplerEngine = Literal["auto", "static", "loop"]
 VllmSeedMode = Literal["per_request", "per_batch"]
 TruncatedPolicy = Literal["drop", "resample", "keep"]
 WandbMode = Literal["offline", "online", "disabled"]
+# true: reuse the stages whose settings match, refuse otherwise; false: refuse a folder that holds a
+# checkpoint; retrain: train again from the first stage whose settings or inputs differ
+Resume = Literal["true", "false", "retrain"]
 # which checkpoints are evaluated: the trainer's eval.stages, the testbed report's eval
 EvalStages = Literal["last", "all", "none"]
 

@@ -89,12 +89,15 @@ def compose(config_name: str, overrides: Iterable[str], schema: type[Schema], co
     return structured(cfg, schema)
 
 
-def run_app(app: Callable[[], Any], config_name: str, schema: type, *, error_prefix: str) -> None:
+def run_app(app: Callable[[], Any], config_name: str, schema: type, *, error_prefix: str,
+            preflight: Callable[[Any, str], Any] | None = None) -> None:
     """Register ``schema`` and run the Hydra app; a value that does not compose prints one sentence
     and exits 2 (the task function checks the composed config with ``validated``, and so does
-    ``ValidateBeforeRunDir`` before Hydra makes the run folder, when the app's YAML lists it)."""
+    ``ValidateBeforeRunDir`` before Hydra makes the run folder, when the app's YAML lists it).
+    ``preflight(config, run_dir)``: the app's other checks (data, backends, the run folder), run by
+    ``ValidateBeforeRunDir`` too; a ConfigError it raises is the app's one sentence."""
     register(config_name, schema)
-    _APPS[config_name] = (schema, error_prefix)
+    _APPS[config_name] = (schema, error_prefix, preflight)
     # Hydra reports a failed composition in several lines and lets the exception reach us only when
     # HYDRA_FULL_ERROR is set; a user who set it wants the traceback, so it is not ours to catch then
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -107,27 +110,35 @@ def run_app(app: Callable[[], Any], config_name: str, schema: type, *, error_pre
         exit_with_sentence(error_prefix, sentence(error))
 
 
-# config name -> (schema, error prefix) of the app run_app is running, for ValidateBeforeRunDir
-_APPS: dict[str, tuple[type, str]] = {}
+# config name -> (schema, error prefix, preflight) of the app run_app is running, for ValidateBeforeRunDir
+_APPS: dict[str, tuple[type, str, Callable[[Any, str], Any] | None]] = {}
 
 
 class ValidateBeforeRunDir(Callback):
     """A Hydra callback that validates a single run's config before Hydra creates its run folder.
 
     Hydra writes <run dir>/.hydra/ and the job's log file before it calls the task function, so a
-    config that only the task function rejected left an empty run folder behind. ``on_run_start``
-    comes before both; a rejected config prints its sentence and exits 2 here. A multirun's jobs
+    config that only the task function rejected left an empty run folder behind, and an existing run
+    folder with a config that does not describe its contents. ``on_run_start`` comes before both; a
+    rejected config (or a failed preflight: the data, the backends, the stages already in the run
+    folder) prints its sentence and exits 2 here, leaving any existing folder as it was. A multirun's jobs
     are composed one at a time inside the sweep, so they are still checked by the task function.
     """
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         if config_name not in _APPS:  # not started through run_app: the task function validates
             return
-        schema, error_prefix = _APPS[config_name]
+        schema, error_prefix, preflight = _APPS[config_name]
         task_config = copy.deepcopy(config)
         with read_write(task_config), open_dict(task_config):
             del task_config["hydra"]  # what the task function receives (as Hydra's run_job does)
-        validated(task_config, schema, error_prefix=error_prefix)
+        checked = validated(task_config, schema, error_prefix=error_prefix)
+        if preflight is not None:
+            run_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
+            try:
+                preflight(checked, run_dir)
+            except ConfigError as error:
+                exit_with_sentence(error_prefix, str(error))
 
 
 def check_each_key_once(overrides: Iterable[str]) -> None:

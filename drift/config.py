@@ -26,6 +26,7 @@ from drift.checks import (
     Precision,
     PromptFormat,
     Reference,
+    Resume,
     SamplerBackend,
     SamplerDtype,
     SamplerEngine,
@@ -155,8 +156,9 @@ class TrainerConfig:
 
 @dataclass
 class SamplerConfig:
-    # hf: a batched loop over the HF model (CPU or one GPU); vllm: vLLM's engine (the `gpu` extra)
-    backend: str = "hf"  # SamplerBackend
+    # hf: a batched loop over the HF model (CPU or one GPU); vllm: vLLM's engine (the `gpu` extra);
+    # auto: vllm on CUDA when it is installed, else hf (the run says which)
+    backend: str = "auto"  # SamplerBackend
     # the paper's settings
     temperature: float = 0.7
     top_p: float = 0.9
@@ -262,8 +264,11 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     run_name: str = "run"
     output_dir: str = "runs"
-    # continue a run whose folder already holds a checkpoint (the same command again resumes)
-    resume: bool = True
+    # true: the same command again reuses every finished stage whose settings and inputs match and
+    # continues the first unfinished one; a stage made with other settings stops the run before any
+    # work. retrain: train again from the first stage that differs (drift.stages). false: refuse a
+    # folder that already holds a checkpoint.
+    resume: str = "true"  # Resume
 
     def validate(self) -> None:
         for section in (self.data, self.method, self.trainer, self.sampler, self.logging, self.eval,
@@ -271,6 +276,8 @@ class Config:
             section.validate()
         check(bool(self.run_name) and "/" not in self.run_name,
               f"run_name must be a plain folder name, got {self.run_name!r}")
+        self.resume = str(self.resume).lower()  # resume=true reads as the string 'True'
+        check(self.resume in choices(Resume), f"resume must be {either_or(Resume)}, got {self.resume!r}")
 
 
 @dataclass

@@ -87,3 +87,24 @@ def reward_model_scorer(reward_cfg, device: str) -> Scorer:
     from drift.reward import prompt_text, score_replies
 
     return lambda items: score_replies(reward_cfg, [(prompt_text(case.history), text) for case, text in items], device=device)
+
+
+def scorer_name(config) -> str | None:
+    """The guidance check's scorer for a run (method.guidance_check; auto: gold on the testbed), or None."""
+    mode = config.method.guidance_check
+    if mode == "gold" or (mode == "auto" and config.data.name == "testbed"):
+        return "gold reward"
+    if mode == "reward":
+        return f"reward model {config.reward.model}"
+    return None
+
+
+def scorer_for(config, device: str) -> tuple[Scorer, Callable[[DsatCase], str] | None]:
+    """The scorer ``scorer_name`` names, and how cases are grouped into kinds (the testbed's stated and
+    revealed preferences; None elsewhere)."""
+    if scorer_name(config) == "gold reward":
+        from drift.eval.gold import preference_kind
+
+        kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
+        return gold_scorer(config.data.path), kind_of
+    return reward_model_scorer(config.reward, device), None

@@ -1,4 +1,6 @@
-"""Methods as pure pair builders: (records, samples) -> DPO pairs. They share the training loop.
+"""Methods as objects in one registry: what each samples, how it builds pairs, what it needs.
+
+Every method shares the training loop; a method is only (records, samples) -> DPO pairs.
 
 | method          | chosen                                   | rejected                              |
 |-----------------|------------------------------------------|---------------------------------------|
@@ -12,17 +14,21 @@
 On UltraFeedback (no feedback turn, paper §4.1): drift keeps the original rejected and samples a
 new chosen; spin keeps the original chosen and samples a new rejected; samples come from the
 plain prompt. Every pair trains on the *original* prompt, never on the guided one.
+
+``METHODS[name]`` (or ``method_named(name)``) is the one place a method's name is read: the pipeline
+asks the object which samples to request, whether a reward model ranks them, whether the guidance
+check applies, and how to build the pairs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 from drift.data.prompts import ORIGINAL_KEEP_LAST, guided_keep_last, guided_prompt, original_prompt
 from drift.data.records import PreferencePair, Records, Rejected
 
 GUIDED, ORIGINAL = "guided", "original"
-ITERATIVE_METHODS = ("drift", "drift_unguided", "spin", "iterdpo")
 
 
 @dataclass(frozen=True)
@@ -55,102 +61,198 @@ def check_cases(cases: list, count: int) -> list:
     return [cases[index * len(cases) // count] for index in range(count)]
 
 
-def sample_requests(method: str, records: Records, guidance: str = "system_turn",
-                    original_too: int | None = None) -> list[SampleRequest]:
-    """What the sampler must generate this iteration for ``method`` (guided prompts in the form
-    ``guidance``). ``original_too=N`` adds drift's original-prompt samples of N cases spread over
-    them (0: all), for the guidance check."""
-    if method not in ITERATIVE_METHODS:
-        raise ValueError(f"method {method!r} samples nothing; iterative methods are {', '.join(ITERATIVE_METHODS)}")
-    if not uses_feedback_records(records):
-        # UltraFeedback: plain prompts; iterdpo needs two samples to rank
-        count = 2 if method == "iterdpo" else 1
-        return [SampleRequest(prompt_id(p.pair_id, ORIGINAL), p.prompt, ORIGINAL_KEEP_LAST, count) for p in records.preference_pairs]
-    requests = []
-    if method in ("drift", "iterdpo"):
-        requests += [SampleRequest(prompt_id(c.case_id, GUIDED), guided_prompt(c, guidance), guided_keep_last(guidance))
-                     for c in records.dsat_cases]
-    if method in ("drift_unguided", "iterdpo"):
-        requests += [SampleRequest(prompt_id(c.case_id, ORIGINAL), original_prompt(c), ORIGINAL_KEEP_LAST) for c in records.dsat_cases]
-    elif method == "drift" and original_too is not None:
-        requests += [SampleRequest(prompt_id(c.case_id, ORIGINAL), original_prompt(c), ORIGINAL_KEEP_LAST)
-                     for c in check_cases(records.dsat_cases, original_too)]
-    if method == "spin":
-        requests += [SampleRequest(prompt_id(s.reply_id, ORIGINAL), original_prompt(s), ORIGINAL_KEEP_LAST) for s in records.sat_replies]
-    return requests
-
-
 Samples = dict[str, list[str]]  # prompt_id -> sampled texts, by sample_index
+Side = Union[str, tuple[str, str, int]]  # a record's own text, or (record_id, kind, index) of a sample
 
 
-def build_pairs(
-    method: str, records: Records, samples: Samples, rewards: dict[str, list[float]] | None = None,
-    unfinished: frozenset[tuple[str, int]] = frozenset(),
-) -> tuple[list[PreferencePair], list[Rejected]]:
-    """Pairs for one iteration. A record whose sample is missing (quarantined) is rejected, with the reason.
+class PairBuilder:
+    """Collects one iteration's pairs and rejects: a side that names a missing (quarantined) sample
+    rejects its record with the reason; a cut-but-kept sample is marked unfinished."""
 
-    ``unfinished`` holds the (prompt_id, sample_index) of samples cut at max_new_tokens and kept
-    (sampler.truncated=keep): their side of the pair is marked unfinished (no end-of-turn token).
-    """
-    if method == "warmstart":
-        return list(records.seed_pairs), []
-    pairs: list[PreferencePair] = []
-    rejects: list[Rejected] = []
+    def __init__(self, method: str, samples: Samples, unfinished: frozenset[tuple[str, int]]):
+        self.method, self.samples, self.unfinished = method, samples, unfinished
+        self.pairs: list[PreferencePair] = []
+        self.rejects: list[Rejected] = []
 
-    def sample_of(record_id: str, kind: str, index: int = 0) -> str | None:
-        texts = samples.get(prompt_id(record_id, kind), [])
+    def sample_of(self, record_id: str, kind: str, index: int = 0) -> str | None:
+        texts = self.samples.get(prompt_id(record_id, kind), [])
         if index < len(texts) and texts[index].strip():
             return texts[index]
-        rejects.append(Rejected(record_id, "no_sample", f"no usable {kind} sample #{index} (see the sampler's rejects.jsonl)"))
+        self.rejects.append(Rejected(record_id, "no_sample", f"no usable {kind} sample #{index} (see the sampler's rejects.jsonl)"))
         return None
 
-    def finished(side) -> bool:
-        return not (isinstance(side, tuple) and (prompt_id(*side[:2]), side[2]) in unfinished)
-
-    def add(record_id: str, prompt, chosen, rejected) -> None:
-        """chosen/rejected: a record's own text, or (record_id, kind, index) of a sample."""
-        texts = [side if not isinstance(side, tuple) else sample_of(*side) for side in (chosen, rejected)]
+    def add(self, record_id: str, prompt, chosen: Side, rejected: Side) -> None:
+        texts = [side if not isinstance(side, tuple) else self.sample_of(*side) for side in (chosen, rejected)]
         if texts[0] is None or texts[1] is None:
             return
         if texts[0].strip() == texts[1].strip():
-            rejects.append(Rejected(record_id, "identical_sides", "chosen and rejected are the same text"))
+            self.rejects.append(Rejected(record_id, "identical_sides", "chosen and rejected are the same text"))
             return
-        pairs.append(PreferencePair(f"{record_id}:{method}", tuple(prompt), texts[0], texts[1], source=method,
-                                    chosen_finished=finished(chosen), rejected_finished=finished(rejected)))
+        self.pairs.append(PreferencePair(f"{record_id}:{self.method}", tuple(prompt), texts[0], texts[1], source=self.method,
+                                         chosen_finished=self._finished(chosen), rejected_finished=self._finished(rejected)))
 
-    if not uses_feedback_records(records):
-        for pair in records.preference_pairs:
-            if method == "drift":
-                add(pair.pair_id, pair.prompt, (pair.pair_id, ORIGINAL, 0), pair.rejected)
-            elif method == "spin":
-                add(pair.pair_id, pair.prompt, pair.chosen, (pair.pair_id, ORIGINAL, 0))
-            elif method == "drift_unguided":
-                # no feedback exists, so unguided and guided DRIFT coincide here
-                add(pair.pair_id, pair.prompt, (pair.pair_id, ORIGINAL, 0), pair.rejected)
-            else:
-                first, second = sample_of(pair.pair_id, ORIGINAL, 0), sample_of(pair.pair_id, ORIGINAL, 1)
-                if first is None or second is None:
-                    continue
-                if rewards is None:
-                    raise ValueError("iterdpo on preference pairs ranks two samples: it needs reward scores")
-                scores = rewards[prompt_id(pair.pair_id, ORIGINAL)]
-                if scores[0] == scores[1]:
-                    rejects.append(Rejected(pair.pair_id, "reward_tie", f"both samples scored {scores[0]}"))
-                    continue
-                ranked = [(pair.pair_id, ORIGINAL, 0), (pair.pair_id, ORIGINAL, 1)]
-                better, worse = ranked if scores[0] > scores[1] else ranked[::-1]
-                add(pair.pair_id, pair.prompt, better, worse)
-        return pairs, rejects
+    def _finished(self, side: Side) -> bool:
+        return not (isinstance(side, tuple) and (prompt_id(*side[:2]), side[2]) in self.unfinished)
 
-    for case in records.dsat_cases if method != "spin" else ():
-        prompt = original_prompt(case)
-        if method == "drift":
-            add(case.case_id, prompt, (case.case_id, GUIDED, 0), case.dsat_reply)
-        elif method == "drift_unguided":
-            add(case.case_id, prompt, (case.case_id, ORIGINAL, 0), case.dsat_reply)
-        elif method == "iterdpo":
-            add(case.case_id, prompt, (case.case_id, GUIDED, 0), (case.case_id, ORIGINAL, 0))
-    if method == "spin":
+
+class Method:
+    """One method: which samples it requests, how it builds pairs, what it needs."""
+
+    name = ""
+    iterative = True  # samples from the policy every iteration
+    samples_guided = False  # the guided prompt of every DSAT case
+    samples_original = False  # the original prompt of every DSAT case
+    # the guidance check applies: the chosen side is the guided sample, so it asks whether that
+    # beats the policy's own answer (and samples the original prompt of the checked cases for it)
+    guidance_check = False
+
+    def sample_requests(self, records: Records, guidance: str = "system_turn",
+                        original_too: int | None = None) -> list[SampleRequest]:
+        """What the sampler must generate this iteration (guided prompts in the form ``guidance``).
+        ``original_too=N`` adds the original-prompt samples of N cases spread over them (0: all), for
+        the guidance check."""
+        if not self.iterative:
+            raise ValueError(f"method {self.name!r} samples nothing; iterative methods are {', '.join(ITERATIVE_METHODS)}")
+        if not uses_feedback_records(records):
+            return [SampleRequest(prompt_id(p.pair_id, ORIGINAL), p.prompt, ORIGINAL_KEEP_LAST, self.preference_samples)
+                    for p in records.preference_pairs]
+        requests = []
+        if self.samples_guided:
+            requests += [SampleRequest(prompt_id(c.case_id, GUIDED), guided_prompt(c, guidance), guided_keep_last(guidance))
+                         for c in records.dsat_cases]
+        checked = records.dsat_cases if self.samples_original else (
+            check_cases(records.dsat_cases, original_too) if self.guidance_check and original_too is not None else [])
+        requests += [SampleRequest(prompt_id(c.case_id, ORIGINAL), original_prompt(c), ORIGINAL_KEEP_LAST) for c in checked]
+        return requests + self.extra_requests(records)
+
+    # samples per prompt on preference pairs (UltraFeedback), where only the original prompt exists
+    preference_samples = 1
+
+    def extra_requests(self, records: Records) -> list[SampleRequest]:
+        return []
+
+    def needs_reward_model(self, records: Records) -> bool:
+        """Whether a reward model ranks this method's samples on ``records``."""
+        return False
+
+    def build_pairs(self, records: Records, samples: Samples, rewards: dict[str, list[float]] | None = None,
+                    unfinished: frozenset[tuple[str, int]] = frozenset()) -> tuple[list[PreferencePair], list[Rejected]]:
+        """Pairs for one iteration. A record whose sample is missing (quarantined) is rejected, with the reason.
+
+        ``unfinished`` holds the (prompt_id, sample_index) of samples cut at max_new_tokens and kept
+        (sampler.truncated=keep): their side of the pair is marked unfinished (no end-of-turn token).
+        """
+        builder = PairBuilder(self.name, samples, unfinished)
+        if uses_feedback_records(records):
+            self.feedback_pairs(builder, records)
+        else:
+            for pair in records.preference_pairs:
+                self.preference_pair(builder, pair, rewards)
+        return builder.pairs, builder.rejects
+
+    def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
+        raise NotImplementedError
+
+    def preference_pair(self, builder: PairBuilder, pair: PreferencePair, rewards: dict[str, list[float]] | None) -> None:
+        raise NotImplementedError
+
+
+class Drift(Method):
+    """chosen: the guided sample; rejected: the real DSAT reply (preference pairs: keep the rejected)."""
+
+    name, samples_guided, guidance_check = "drift", True, True
+
+    def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
+        for case in records.dsat_cases:
+            builder.add(case.case_id, original_prompt(case), (case.case_id, GUIDED, 0), case.dsat_reply)
+
+    def preference_pair(self, builder, pair, rewards) -> None:
+        builder.add(pair.pair_id, pair.prompt, (pair.pair_id, ORIGINAL, 0), pair.rejected)
+
+
+class DriftUnguided(Drift):
+    """chosen: the sample from the original prompt; rejected: the real DSAT reply."""
+
+    name, samples_guided, samples_original, guidance_check = "drift_unguided", False, True, False
+
+    def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
+        for case in records.dsat_cases:
+            builder.add(case.case_id, original_prompt(case), (case.case_id, ORIGINAL, 0), case.dsat_reply)
+
+    # preference pairs: no feedback exists, so unguided and guided DRIFT coincide (Drift's)
+
+
+class Spin(Method):
+    """chosen: the real SAT reply; rejected: the policy's sample from the original prompt."""
+
+    name = "spin"
+
+    def extra_requests(self, records: Records) -> list[SampleRequest]:
+        return [SampleRequest(prompt_id(s.reply_id, ORIGINAL), original_prompt(s), ORIGINAL_KEEP_LAST) for s in records.sat_replies]
+
+    def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
         for sat in records.sat_replies:
-            add(sat.reply_id, original_prompt(sat), sat.reply, (sat.reply_id, ORIGINAL, 0))
-    return pairs, rejects
+            builder.add(sat.reply_id, original_prompt(sat), sat.reply, (sat.reply_id, ORIGINAL, 0))
+
+    def preference_pair(self, builder, pair, rewards) -> None:
+        builder.add(pair.pair_id, pair.prompt, pair.chosen, (pair.pair_id, ORIGINAL, 0))
+
+
+class IterDpo(Method):
+    """Feedback data: guided sample over original-prompt sample. Preference pairs: the higher-reward of
+    two samples over the lower (a reward model ranks them)."""
+
+    name, samples_guided, samples_original, preference_samples = "iterdpo", True, True, 2
+
+    def needs_reward_model(self, records: Records) -> bool:
+        return not uses_feedback_records(records)
+
+    def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
+        for case in records.dsat_cases:
+            builder.add(case.case_id, original_prompt(case), (case.case_id, GUIDED, 0), (case.case_id, ORIGINAL, 0))
+
+    def preference_pair(self, builder, pair, rewards) -> None:
+        first, second = builder.sample_of(pair.pair_id, ORIGINAL, 0), builder.sample_of(pair.pair_id, ORIGINAL, 1)
+        if first is None or second is None:
+            return
+        if rewards is None:
+            raise ValueError("iterdpo on preference pairs ranks two samples: it needs reward scores")
+        scores = rewards[prompt_id(pair.pair_id, ORIGINAL)]
+        if scores[0] == scores[1]:
+            builder.rejects.append(Rejected(pair.pair_id, "reward_tie", f"both samples scored {scores[0]}"))
+            return
+        ranked = [(pair.pair_id, ORIGINAL, 0), (pair.pair_id, ORIGINAL, 1)]
+        better, worse = ranked if scores[0] > scores[1] else ranked[::-1]
+        builder.add(pair.pair_id, pair.prompt, better, worse)
+
+
+class WarmStart(Method):
+    """The DSAT->SAT seed pairs as they are: no sampling, no iterations."""
+
+    name, iterative = "warmstart", False
+
+    def build_pairs(self, records, samples, rewards=None, unfinished=frozenset()):
+        return list(records.seed_pairs), []
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (WarmStart(), Drift(), DriftUnguided(), Spin(), IterDpo())}
+ITERATIVE_METHODS = tuple(name for name, m in METHODS.items() if m.iterative)
+
+
+def method_named(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method.name must be one of {', '.join(METHODS)}, got {name!r}") from None
+
+
+def sample_requests(method: str, records: Records, guidance: str = "system_turn",
+                    original_too: int | None = None) -> list[SampleRequest]:
+    """``method_named(method).sample_requests(...)``."""
+    return method_named(method).sample_requests(records, guidance, original_too)
+
+
+def build_pairs(method: str, records: Records, samples: Samples, rewards: dict[str, list[float]] | None = None,
+                unfinished: frozenset[tuple[str, int]] = frozenset()) -> tuple[list[PreferencePair], list[Rejected]]:
+    """``method_named(method).build_pairs(...)``."""
+    return method_named(method).build_pairs(records, samples, rewards, unfinished)

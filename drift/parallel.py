@@ -113,6 +113,15 @@ def barrier(runtime: Runtime) -> None:
         dist.barrier(group=_cpu_group)  # None: the default group, gloo already on CPU
 
 
+def on_main_then_wait(runtime: Runtime, work: Callable[[], T]) -> T | None:
+    """Rank 0 does ``work`` (a file write, say); every rank returns once it is done. The one place
+    stages say "rank 0 does it, the others wait" for short work; long work (the sampler process,
+    which holds the GPUs) goes through ``run_on_main``, whose waiting ranks run no collective."""
+    result = work() if runtime.is_main else None
+    barrier(runtime)
+    return result
+
+
 MAIN_READY = ".rank0-ready"
 MAIN_FAILED = ".rank0-failed"
 

@@ -1,30 +1,41 @@
-"""The run: warm start (DPO on seed pairs), then K iterations of
-sample (a separate process) -> build pairs -> reference cache -> one DPO epoch -> checkpoint.
+"""The run, as its list of stages: the initial model, the warm start (DPO on the seed pairs), then K
+iterations of sample (a separate process) -> pairs -> tokenize -> train (reference log-probs, one
+DPO epoch, checkpoint), then the held-out evaluation.
 
-Every stage writes under ``<run_dir>/iter_<k>/<stage>/`` and then a ``done`` marker, so the same
-command again continues at the first unfinished stage.
+Every stage follows one contract (drift.stages, declared in drift.plan): its key -- its inputs by
+their fingerprints and the settings that shape its output -- is recorded in its folder, and a
+finished stage is reused only under the same key. drift.preflight checks the whole folder against
+the plan before any stage starts; a stage made with other settings stops the run there, or, with
+``resume=retrain``, is trained again with every stage after it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from drift.config import Config
-from drift.data.records import PreferencePair, Records, pair_from_row
-from drift.io import DONE, mark_done, read_done, read_jsonl, write_json_atomic, write_jsonl_atomic
-from drift.methods import build_pairs, sample_requests, uses_feedback_records
+from drift.data.records import PreferencePair, pair_from_row
+from drift.fingerprint import fingerprint
+from drift.io import read_done, read_jsonl, write_json_atomic, write_jsonl_atomic
+from drift.methods import GUIDED, ORIGINAL, method_named, prompt_id
 from drift.metrics import read_metrics
-from drift.model import TINY_PREFIX, load_model, load_tokenizer, resolve_source, save_hf_checkpoint
-from drift.parallel import Runtime, barrier, init_runtime, run_on_main
+from drift.model import load_model, load_tokenizer, resolve_source, save_hf_checkpoint
+from drift.parallel import Runtime, init_runtime, on_main_then_wait, run_on_main
+from drift.plan import EVALUATE, INITIAL, evaluated_stages, initial_output, is_tiny, sample_job, seed_pair_rows
+from drift.preflight import Checked, check_run
+from drift.stages import (
+    RETRAIN, StageKey, StageMismatch, differences, finish, is_finished, mismatch_sentence, output_of, recorded_key,
+    remove_stages, start,
+)
 from drift.tokenize import tokenize_pairs
 from drift.train import Stage, train_stage
-from drift.warmstart import SETTINGS_FILE, record_settings, reuse_warmstart, warmstart_settings
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -32,115 +43,279 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def initial_model_source(config: Config, run_dir: Path, runtime: Runtime) -> str:
-    """A folder the trainer and the sampler process can both load: tiny models are saved once."""
-    if not config.model.name_or_path.startswith(TINY_PREFIX):
-        if runtime.is_main:
-            resolve_source(config.model)  # the embedded model is dequantized once, by rank 0
-        barrier(runtime)
-        return resolve_source(config.model)
-    folder = run_dir / "initial_model"
-    if runtime.is_main and not (folder / "config.json").exists():
-        tokenizer = load_tokenizer(config.model)
-        model = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, vocab_size=len(tokenizer))
-        save_hf_checkpoint(model, tokenizer, model.state_dict(), folder)
-    barrier(runtime)
-    return str(folder)
+@dataclass
+class Run:
+    """What the stages of one run share."""
+
+    config: Config
+    run_dir: Path
+    runtime: Runtime
+    checked: Checked
+    run_config: dict | None
+    outputs: dict[str, str] = field(default_factory=dict)  # finished stage -> its output's fingerprint
+    summary: dict = field(default_factory=dict)
+    tokenizer: object = None
 
 
-# ---- stages -------------------------------------------------------------------------------------
+def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
+    checked = check_run(config, run_dir)  # every check, before any work
+    run = start_run(config, Path(run_dir), checked, run_config)
+    policy = initial_model_stage(run)
+    if config.method.warmstart_epochs > 0:
+        policy = warm_start(run, policy)
+    for iteration in range(1, config.method.iterations + 1):
+        samples, unfinished = sample_stage(run, iteration, policy)
+        pairs = pairs_stage(run, iteration, samples, unfinished)
+        tokenized = tokenize_stage(run, f"iter_{iteration}", pairs)
+        policy = iteration_train_stage(run, iteration, tokenized, policy)
+    if any(stage.name == EVALUATE for stage in checked.plan):
+        evaluate_stage(run)
+    run.summary["model"] = policy
+    if run.runtime.is_main:
+        write_json_atomic(run.run_dir / "summary.json", run.summary)
+    return run.summary
 
 
-def _tokenize(config: Config, tokenizer, pairs: list[PreferencePair], folder: Path, runtime: Runtime):
-    tokenized, rejects, truncated = tokenize_pairs(
-        pairs,
-        tokenizer,
-        max_length=config.trainer.max_length,
-        max_prompt_length=config.trainer.max_prompt_length,
-        prompt_format=config.data.prompt_format,
-    )
+def start_run(config: Config, run_dir: Path, checked: Checked, run_config: dict | None) -> Run:
+    """The process group, the seeds, and under resume=retrain the stale stages removed (rank 0, last first)."""
+    runtime = init_runtime(config.trainer.device, config.trainer.precision)
+    seed_everything(config.trainer.seed)
+    run = Run(config, run_dir, runtime, checked, run_config, outputs={},
+              summary={"run_dir": str(run_dir), "method": config.method.name, "stages": {}})
     if runtime.is_main:
-        write_jsonl_atomic(folder / "tokenize_rejects.jsonl", [asdict(r) for r in rejects])
-    if not tokenized:
-        raise RuntimeError(f"every pair was rejected at tokenization; see {folder / 'tokenize_rejects.jsonl'}")
-    return tokenized, {"pairs": len(tokenized), "rejected_at_tokenization": len(rejects), "truncated_prompts": truncated}
+        print(checked.sampler_choice, flush=True)
+        if checked.retrain_from:
+            print(f"resume={RETRAIN}: training again from {checked.retrain_from} on "
+                  f"({len(checked.stale)} stages: {', '.join(checked.stale)})", flush=True)
+    if checked.retrain_from:
+        on_main_then_wait(runtime, lambda: remove_stages(run_dir / name for name in checked.stale))
+    return run
 
 
-def guidance_scorer(config: Config):
-    """The guidance check's scorer for this run, or None (with why) when it is off."""
-    from drift.guidance import gold_scorer, reward_model_scorer
-
-    mode = config.method.guidance_check
-    if config.method.name != "drift" or mode == "off":
-        return None, "off"
-    if mode == "gold" or (mode == "auto" and config.data.name == "testbed"):
-        return gold_scorer(config.data.path), "gold reward"
-    if mode == "reward":
-        return reward_model_scorer(config.reward, "cuda" if torch.cuda.is_available() else "cpu"), f"reward model {config.reward.model}"
-    return None, "no scorer on this data: method.guidance_check=reward with reward.model=<folder> runs it with a reward model"
+# ---- the contract at run time -------------------------------------------------------------------
 
 
-def sample_stage(config: Config, runtime: Runtime, folder: Path, checkpoint: str,
-                 records: Records) -> tuple[dict[str, list[str]], frozenset[tuple[str, int]], dict | None]:
+def open_stage(run: Run, name: str, *, alone: bool = False) -> tuple[Path, StageKey, bool]:
+    """(folder, key, finished): True when the stage finished under this key (its output is then known);
+    otherwise its key is recorded before any work. A folder holding another key's work is refused,
+    or removed under resume=retrain. ``alone``: only this rank runs the stage (no barrier)."""
+    folder = run.run_dir / name
+    planned = next(stage for stage in run.checked.plan if stage.name == name)
+    key = planned.key(run.outputs)
+    if is_finished(folder, key):
+        run.outputs[name] = output_of(folder)
+        return folder, key, True
+    recorded = recorded_key(folder)
+
+    def clear_and_start() -> None:
+        if recorded is not None and recorded.fingerprint != key.fingerprint:
+            remove_stages([folder])
+        start(folder, key)
+
+    if recorded is not None and recorded.fingerprint != key.fingerprint and run.config.resume != RETRAIN:
+        raise StageMismatch(mismatch_sentence(name, differences(recorded, key)))
+    if alone:
+        clear_and_start()
+    else:
+        on_main_then_wait(run.runtime, clear_and_start)
+    return folder, key, False
+
+
+def finish_on_main(run: Run, folder: Path, key: StageKey, output: str, summary: dict) -> None:
+    on_main_then_wait(run.runtime, lambda: finish(folder, key, output, summary))
+    run.outputs[str(folder.relative_to(run.run_dir))] = output
+
+
+# ---- the stages ---------------------------------------------------------------------------------
+
+
+def initial_model_stage(run: Run) -> str:
+    """A folder the trainer and the sampler process can both load: a tiny random model is saved once
+    into the run; the embedded model is dequantized once (rank 0)."""
+    config = run.config
+    if not is_tiny(config):
+        on_main_then_wait(run.runtime, lambda: resolve_source(config.model))
+        run.outputs[INITIAL] = initial_output(config)
+        source = resolve_source(config.model)
+    else:
+        folder, key, finished = open_stage(run, INITIAL)
+        if not finished:
+            def save() -> None:
+                tokenizer = load_tokenizer(config.model)
+                model = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, vocab_size=len(tokenizer))
+                save_hf_checkpoint(model, tokenizer, model.state_dict(), folder)
+
+            on_main_then_wait(run.runtime, save)
+            finish_on_main(run, folder, key, initial_output(config), {})
+        source = str(folder)
+    run.tokenizer = load_tokenizer(config.model, source=source)
+    return source
+
+
+def warm_start(run: Run, initial: str) -> str:
+    """DPO on the DSAT->SAT seed pairs, or an earlier run's warm start linked (method.warmstart_from)."""
+    config = run.config
+    if config.method.warmstart_from:
+        from drift.warmstart import link_warmstart
+
+        on_main_then_wait(run.runtime, lambda: link_warmstart(config.method.warmstart_from, run.run_dir))
+    records = run.checked.records
+    folder, key, finished = open_stage(run, "iter_0/data")
+    if not finished:
+        rows = seed_pair_rows(records)
+
+        def write() -> None:
+            write_jsonl_atomic(folder / "rejects.jsonl", [asdict(r) for r in records.rejects])
+            # the warm start's pairs as trained, like iter_k/pairs/pairs.jsonl (analyses read them)
+            write_jsonl_atomic(folder / "pairs.jsonl", rows)
+
+        on_main_then_wait(run.runtime, write)
+        finish_on_main(run, folder, key, fingerprint(rows), {"pairs": len(rows)})
+    tokenized = tokenize_stage(run, "iter_0", records.seed_pairs)
+    model = train(run, "warmstart", "iter_0", tokenized, initial, initial, config.method.warmstart_epochs)
+    if config.method.warmstart_from:
+        run.summary["stages"]["warmstart"]["from"] = str(Path(config.method.warmstart_from).resolve())
+    return model
+
+
+def sample_stage(run: Run, iteration: int, policy: str) -> tuple[dict[str, list[str]], frozenset[tuple[str, int]]]:
     """Rank 0 starts the sampler as its own OS process on the saved policy; the others wait on a file
     marker (no collective: nothing runs on their GPUs, the sampler may use every one of them).
-    Returns the texts by prompt id and sample index, which samples were cut but kept, and the
-    guidance check (DRIFT with a scorer: the original prompts are sampled too)."""
-    from drift.guidance import format_check, guidance_check
-    from drift.methods import GUIDED, ORIGINAL, prompt_id
-    from drift.sampler.client import SamplingJob, read_samples, sample
+    Returns the texts by prompt id and sample index, and which samples were cut but kept; DRIFT with
+    a scorer also runs the guidance check (the original prompts of its cases are sampled too)."""
+    from drift.sampler.client import read_samples, sample
 
-    scorer, scorer_name = guidance_scorer(config)
-    check = None
-
-    def run_sampler() -> None:
-        requests = sample_requests(config.method.name, records, config.data.guidance,
-                                   original_too=config.method.guidance_check_cases if scorer is not None else None)
-        sample(SamplingJob(
-            checkpoint, tuple(request.as_row() for request in requests), folder, config.sampler,
-            max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
-            device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
-        ))
-
-    run_on_main(runtime, folder, run_sampler, what=f"sampling into {folder}")
-    samples: dict[str, list[str]] = {}
+    name = f"iter_{iteration}/sample"
+    folder, key, finished = open_stage(run, name)
+    upstream = next(stage for stage in run.checked.plan if stage.name == name).upstream[0]
+    if not finished:
+        job = sample_job(run.config, run.checked.records, run.checked.sampler, policy, folder)
+        run_on_main(run.runtime, folder, lambda: sample(job, checkpoint_fingerprint=run.outputs[upstream]),
+                    what=f"sampling into {folder}")
+        run.outputs[name] = output_of(folder)
     rows = sorted(read_samples(folder), key=lambda r: (r["prompt_id"], r["sample_index"]))
+    samples: dict[str, list[str]] = {}
     for row in rows:
         texts = samples.setdefault(row["prompt_id"], [])
         texts.extend([""] * (row["sample_index"] + 1 - len(texts)))
         texts[row["sample_index"]] = row["text"]
     unfinished = frozenset((row["prompt_id"], row["sample_index"]) for row in rows if row["finish_reason"] != "eos")
-    if scorer is not None and runtime.is_main:
-        first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
-                              if samples.get(prompt_id(c.case_id, kind), [""])[0]}
-        from drift.eval.gold import preference_kind
-
-        kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
-        check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
-        write_json_atomic(folder / "guidance_check.json", {"scorer": scorer_name, "guidance": config.data.guidance, **check})
-        print(format_check(check, f"{folder.parent.name}, data.guidance={config.data.guidance}, {scorer_name}"), flush=True)
-    return samples, unfinished, check
+    check = guidance_check_stage(run, folder, samples) if run.runtime.is_main else None
+    run.summary["stages"][f"iter_{iteration}"] = {"guidance_check": check["overall"]} if check else {}
+    return samples, unfinished
 
 
-def pairs_stage(config: Config, runtime: Runtime, folder: Path, records: Records, samples: dict[str, list[str]],
+def guidance_check_stage(run: Run, folder: Path, samples: dict[str, list[str]]) -> dict | None:
+    """Does the guided sample beat the policy's own answer? Written beside the samples it scores."""
+    from drift.guidance import format_check, guidance_check, scorer_for, scorer_name
+    from drift.plan import guidance_check_runs
+
+    config = run.config
+    if not guidance_check_runs(config):
+        return None
+    path = folder / "guidance_check.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    scorer, kind_of = scorer_for(config, "cuda" if torch.cuda.is_available() else "cpu")
+    records = run.checked.records
+    first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
+                          if samples.get(prompt_id(c.case_id, kind), [""])[0]}
+    check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
+    write_json_atomic(path, {"scorer": scorer_name(config), "guidance": config.data.guidance, **check})
+    print(format_check(check, f"{folder.parent.name}, data.guidance={config.data.guidance}, {scorer_name(config)}"), flush=True)
+    return check
+
+
+def pairs_stage(run: Run, iteration: int, samples: dict[str, list[str]],
                 unfinished: frozenset[tuple[str, int]] = frozenset()) -> list[PreferencePair]:
-    if runtime.is_main and not (folder / DONE).exists():
-        rewards = None
-        if config.method.name == "iterdpo" and not uses_feedback_records(records):
-            rewards = _score_samples(config, records, samples)
-        pairs, rejects = build_pairs(config.method.name, records, samples, rewards, unfinished)
-        write_jsonl_atomic(folder / "pairs.jsonl", [asdict(pair) for pair in pairs])
-        write_jsonl_atomic(folder / "rejects.jsonl", [asdict(reject) for reject in rejects])
-        mark_done(folder, {"pairs": len(pairs), "rejected": len(rejects)})
-    barrier(runtime)
+    """The method's pairs from the records and this iteration's samples (rank 0 builds, the others read)."""
+    folder, key, finished = open_stage(run, f"iter_{iteration}/pairs")
+    if not finished:
+        records = run.checked.records
+        method = method_named(run.config.method.name)
+
+        def build() -> None:
+            rewards = _score_samples(run.config, records, samples) if method.needs_reward_model(records) else None
+            pairs, rejects = method.build_pairs(records, samples, rewards, unfinished)
+            rows = [asdict(pair) for pair in pairs]
+            write_jsonl_atomic(folder / "pairs.jsonl", rows)
+            write_jsonl_atomic(folder / "rejects.jsonl", [asdict(reject) for reject in rejects])
+            finish(folder, key, fingerprint(rows), {"pairs": len(pairs), "rejected": len(rejects)})
+
+        on_main_then_wait(run.runtime, build)
+        run.outputs[f"iter_{iteration}/pairs"] = output_of(folder)
     pairs = [pair_from_row(row) for row in read_jsonl(folder / "pairs.jsonl")]
     if not pairs:
         raise RuntimeError(f"no pairs were built for {folder}; see {folder / 'rejects.jsonl'}")
     return pairs
 
 
-def _score_samples(config: Config, records: Records, samples: dict[str, list[str]]) -> dict[str, list[float]]:
-    from drift.methods import ORIGINAL, prompt_id
+def tokenize_stage(run: Run, iteration: str, pairs: list[PreferencePair]):
+    """Token ids with response boundaries; the pairs that cannot fit go to tokenize_rejects.jsonl."""
+    config = run.config
+    folder, key, finished = open_stage(run, f"{iteration}/tokenize")
+    tokenized, rejects, truncated = tokenize_pairs(
+        pairs, run.tokenizer, max_length=config.trainer.max_length,
+        max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
+    )
+    if not tokenized:
+        raise RuntimeError(f"every pair was rejected at tokenization; see {folder / 'tokenize_rejects.jsonl'}")
+    stats = {"pairs": len(tokenized), "rejected_at_tokenization": len(rejects), "truncated_prompts": truncated}
+    if not finished:
+        def write() -> None:
+            write_jsonl_atomic(folder / "tokenize_rejects.jsonl", [asdict(r) for r in rejects])
+            finish(folder, key, fingerprint([(p.chosen.key, p.rejected.key) for p in tokenized]), stats)
+
+        on_main_then_wait(run.runtime, write)
+        run.outputs[f"{iteration}/tokenize"] = output_of(folder)
+    run.summary["stages"].setdefault("warmstart" if iteration == "iter_0" else iteration, {}).update(stats)
+    return tokenized
+
+
+def iteration_train_stage(run: Run, iteration: int, tokenized, policy: str) -> str:
+    config = run.config
+    initial = str(run.run_dir / INITIAL) if is_tiny(config) else resolve_source(config.model)
+    reference = policy if config.method.reference == "iteration_start" else initial
+    model = train(run, f"iter_{iteration}", f"iter_{iteration}", tokenized, policy, reference, config.method.iteration_epochs)
+    run.summary["stages"][f"iter_{iteration}"].update(sampling_counts(run.run_dir / f"iter_{iteration}" / "sample"))
+    return model
+
+
+def train(run: Run, stage_name: str, iteration: str, tokenized, start_from: str, reference: str, epochs: int) -> str:
+    """Reference log-probs (cached by content), then DPO from ``start_from``; the final model's folder."""
+    folder, key, _ = open_stage(run, f"{iteration}/train")
+    stage = Stage(stage_name, folder, tokenized, start_from, reference, epochs, run.run_dir / "reference_cache", key=key)
+    model = str(train_stage(run.config, run.runtime, stage, run.tokenizer, run.run_config))
+    run.outputs[f"{iteration}/train"] = output_of(folder)
+    run.summary["stages"].setdefault(stage_name, {}).update(_stage_summary(read_metrics(folder / "metrics.jsonl"), folder))
+    return model
+
+
+def evaluate_stage(run: Run) -> None:
+    """Every named checkpoint on the held-out split, scored by gold (rank 0; samples cached by request)."""
+    if not run.runtime.is_main:
+        return
+    folder, key, finished = open_stage(run, EVALUATE, alone=True)
+    results_path = folder / "heldout.json"
+    if finished:
+        results = json.loads(results_path.read_text())
+        from drift.eval.heldout import format_eval
+
+        print(format_eval(results), flush=True)
+    else:
+        checkpoints = [(name, str(run.run_dir / stage / "model") if stage != INITIAL else _initial_source(run))
+                       for name, stage in evaluated_stages(run.config)]
+        results = heldout_stage(run.config, checkpoints)
+        write_json_atomic(results_path, results)
+        finish(folder, key, fingerprint(results), {})
+    run.summary["heldout"] = results
+
+
+def _initial_source(run: Run) -> str:
+    return str(run.run_dir / INITIAL) if is_tiny(run.config) else resolve_source(run.config.model)
+
+
+def _score_samples(config: Config, records, samples: dict[str, list[str]]) -> dict[str, list[float]]:
     from drift.reward import prompt_text, score_replies
 
     keys, items = [], []
@@ -156,73 +331,7 @@ def _score_samples(config: Config, records: Records, samples: dict[str, list[str
     return rewards
 
 
-# ---- the run ------------------------------------------------------------------------------------
-
-
-def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
-    from drift.data import load_records
-
-    runtime = init_runtime(config.trainer.device, config.trainer.precision)
-    seed_everything(config.trainer.seed)
-    run_dir = Path(run_dir)
-    initial = initial_model_source(config, run_dir, runtime)
-    tokenizer = load_tokenizer(config.model, source=initial)
-    records = load_records(config.data)
-    cache_dir = run_dir / "reference_cache"
-    summary: dict = {"run_dir": str(run_dir), "method": config.method.name, "stages": {}}
-
-    policy = initial
-    if config.method.warmstart_epochs > 0:
-        if not records.seed_pairs:
-            raise RuntimeError(
-                f"data {config.data.name!r} yielded no DSAT->SAT seed pairs for the warm start "
-                f"({len(records.rejects)} records rejected); set method.warmstart_epochs=0 to skip it"
-            )
-        folder = run_dir / "iter_0"
-        settings = warmstart_settings(config)
-        if config.method.warmstart_from:
-            run_on_main(runtime, folder, lambda: reuse_warmstart(config.method.warmstart_from, run_dir, settings),
-                        what=f"linking the warm start of {config.method.warmstart_from}")
-        if runtime.is_main:
-            if not (folder / SETTINGS_FILE).exists():
-                record_settings(folder, settings)
-            write_jsonl_atomic(folder / "data" / "rejects.jsonl", [asdict(r) for r in records.rejects])
-            # the warm start's pairs as trained, like iter_k/pairs/pairs.jsonl (analyses read them)
-            write_jsonl_atomic(folder / "data" / "pairs.jsonl", [asdict(pair) for pair in records.seed_pairs])
-        pairs, data_stats = _tokenize(config, tokenizer, records.seed_pairs, folder / "data", runtime)
-        stage = Stage("warmstart", folder / "train", pairs, initial, initial, config.method.warmstart_epochs, cache_dir)
-        policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"]["warmstart"] = {**data_stats, **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder)}
-        if config.method.warmstart_from:
-            summary["stages"]["warmstart"]["from"] = str(Path(config.method.warmstart_from).resolve())
-
-    for iteration in range(1, config.method.iterations + 1):
-        folder = run_dir / f"iter_{iteration}"
-        samples, unfinished, check = sample_stage(config, runtime, folder / "sample", policy, records)
-        pairs = pairs_stage(config, runtime, folder / "pairs", records, samples, unfinished)
-        tokenized, data_stats = _tokenize(config, tokenizer, pairs, folder / "pairs", runtime)
-        reference = policy if config.method.reference == "iteration_start" else initial
-        stage = Stage(f"iter_{iteration}", folder / "train", tokenized, policy, reference, config.method.iteration_epochs, cache_dir)
-        policy = str(train_stage(config, runtime, stage, tokenizer, run_config))
-        summary["stages"][f"iter_{iteration}"] = {**data_stats, **sampling_counts(folder / "sample"),
-                                                  **_stage_summary(read_metrics(stage.folder / "metrics.jsonl"), stage.folder)}
-        if check is not None:
-            summary["stages"][f"iter_{iteration}"]["guidance_check"] = check["overall"]
-
-    summary["model"] = policy
-    if config.eval.heldout and config.eval.stages != "none" and runtime.is_main:
-        checkpoints = [("base", initial)] + [(name, str(run_dir / folder / "train" / "model"))
-                                             for name, folder in trained_stages(config)]
-        summary["heldout"] = heldout_stage(config, checkpoints if config.eval.stages == "all" else checkpoints[-1:])
-    if runtime.is_main:
-        write_json_atomic(run_dir / "summary.json", summary)
-    return summary
-
-
-def trained_stages(config: Config) -> list[tuple[str, str]]:
-    """(name, folder) of the stages that end with a model, in training order."""
-    stages = [("warmstart", "iter_0")] if config.method.warmstart_epochs > 0 else []
-    return stages + [(f"iter_{k}", f"iter_{k}") for k in range(1, config.method.iterations + 1)]
+# ---- evaluation and reporting -------------------------------------------------------------------
 
 
 def heldout_stage(config: Config, checkpoints: list[tuple[str, str]]) -> dict:

@@ -8,7 +8,6 @@ be applied to another sequence or to another reference model.
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from drift.fingerprint import fingerprint
 from drift.io import write_json_atomic
-from drift.parallel import Runtime, SequenceLogprobModel, barrier, sequence_logps
+from drift.parallel import Runtime, SequenceLogprobModel, on_main_then_wait, sequence_logps
 from drift.tokenize import TokenizedPair, TokenSequence, collate_sequences
 
 
@@ -40,19 +40,12 @@ def weights_fingerprint(model: nn.Module, runtime: Runtime) -> str:
             tensor = tensor.full_tensor()
         if index % runtime.world_size != runtime.rank:
             continue
-        data = tensor.detach().contiguous().cpu()
-        if data.dtype == torch.bfloat16:
-            data = data.view(torch.int16)
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(f"{name}:{tuple(data.shape)}:{tensor.dtype}".encode())
-        digest.update(data.numpy().tobytes())
-        digests[name] = digest.hexdigest()
+        digests[name] = fingerprint((name, tensor))
     if runtime.distributed:
         gathered: list[dict] = [None] * runtime.world_size  # type: ignore[list-item]
         dist.all_gather_object(gathered, digests)
         digests = {name: value for part in gathered for name, value in part.items()}
-    combined = hashlib.sha256("".join(f"{name}={digests[name]};" for name, _ in named).encode())
-    return combined.hexdigest()[:32]
+    return fingerprint([(name, digests[name]) for name, _ in named])
 
 
 class ReferenceCache:
@@ -76,11 +69,11 @@ class ReferenceCache:
                 f"{self.fingerprint}; compute_missing() must run before training reads the cache"
             ) from None
 
-    def update(self, values: dict[str, float], runtime: Runtime) -> None:
+    def add(self, values: dict[str, float]) -> None:
         self.values.update(values)
-        if runtime.is_main:
-            write_json_atomic(self.path, self.values, indent=None)
-        barrier(runtime)
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.values, indent=None)
 
 
 @torch.no_grad()
@@ -134,21 +127,25 @@ def known_fingerprint(folder: Path, source: str) -> str | None:
     return json.loads(path.read_text()).get(source) if path.exists() else None
 
 
-def remember_fingerprint(folder: Path, source: str, fingerprint: str, runtime: Runtime) -> None:
-    if runtime.is_main:
-        path = _fingerprints_file(folder)
-        known = json.loads(path.read_text()) if path.exists() else {}
-        known[source] = fingerprint
-        write_json_atomic(path, known, indent=1)
-    barrier(runtime)
+def remember_fingerprint(folder: Path, source: str, weights: str) -> None:
+    path = _fingerprints_file(folder)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[source] = weights
+    write_json_atomic(path, known, indent=1)
 
 
 def fingerprint_and_remember(model: nn.Module, folder: Path, source: str | None, runtime: Runtime) -> str:
-    """The weights fingerprint of an unsharded model, recorded for its source (when it has one)."""
-    fingerprint = weights_fingerprint(model, runtime)
+    """The weights fingerprint of an unsharded model, recorded for its source (when it has one) by rank 0."""
+    weights = weights_fingerprint(model, runtime)
     if source is not None:
-        remember_fingerprint(folder, source, fingerprint, runtime)
-    return fingerprint
+        on_main_then_wait(runtime, lambda: remember_fingerprint(folder, source, weights))
+    return weights
+
+
+def _add_and_save(cache: ReferenceCache, values: dict[str, float], runtime: Runtime) -> None:
+    """Every rank holds the new values; rank 0 writes the file."""
+    cache.add(values)
+    on_main_then_wait(runtime, cache.save)
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,7 @@ def _fill(sequences: list[TokenSequence], folder: Path, *, source: str | None, r
         if not missing:
             return cache, 0
         if start_policy is not None:
-            cache.update(compute_sequence_logps(start_policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+            _add_and_save(cache, compute_sequence_logps(start_policy, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
             return cache, len(missing)
     reference = load_reference()
     fingerprint = fingerprint_and_remember(reference.causal_lm, folder, source, runtime)
@@ -215,7 +212,7 @@ def _fill(sequences: list[TokenSequence], folder: Path, *, source: str | None, r
     cache = ReferenceCache(folder, fingerprint)
     missing = cache.missing(sequences)
     if missing:
-        cache.update(compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
+        _add_and_save(cache, compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)
     del reference
     gc.collect()  # FSDP's state references the module in cycles: free the reference's shards now
     return cache, len(missing)

@@ -6,13 +6,13 @@ before each response token predicts it, so prompt positions never reach the lm_h
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from drift.data.records import PreferencePair, Rejected
+from drift.fingerprint import fingerprint
 from drift.packing import PackedLayout
 
 _MARKER = "\u2063DRIFT_RESPONSE\u2063"
@@ -29,11 +29,8 @@ class TokenSequence:
     @property
     def key(self) -> str:
         """Hash of the token ids and the prompt/response boundary: what a cached log-prob belongs to."""
-        digest = hashlib.sha256()
-        digest.update(np.asarray(self.prompt_ids, dtype=np.int64).tobytes())
-        digest.update(b"|")
-        digest.update(np.asarray(self.response_ids, dtype=np.int64).tobytes())
-        return digest.hexdigest()
+        return fingerprint((np.asarray(self.prompt_ids, dtype=np.int64), np.asarray(self.response_ids, dtype=np.int64)),
+                           length=64)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from drift.parallel import (
     set_gradient_sync, shard,
 )
 from drift.reference import ReferenceCache, fill_reference_cache, fingerprint_and_remember
+from drift.stages import StageKey, finish as finish_stage
 from drift.tokenize import TokenizedPair, collate_sequences
 
 
@@ -198,6 +199,8 @@ class Stage:
     reference_source: str | None  # None: the same as init_source (policy at the stage's start)
     epochs: int
     reference_cache_dir: Path
+    # the stage's key (drift.stages): recorded in its done marker with its model's fingerprint
+    key: StageKey | None = None
 
 
 def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_config: dict | None = None) -> Path:
@@ -249,7 +252,7 @@ class StageTrainer:
         t = config.trainer
         stage.folder.mkdir(parents=True, exist_ok=True)
         checkpoint = find_checkpoint(stage.folder)
-        if checkpoint is not None and not config.resume:
+        if checkpoint is not None and config.resume == "false":
             raise RuntimeError(f"{stage.folder} already holds a checkpoint; pass resume=true to continue it or choose another run_name")
         state = read_state(checkpoint) if checkpoint is not None else TrainerState()
         # resumed: the checkpoint fills the shards, so the starting weights are not read
@@ -438,14 +441,20 @@ class StageTrainer:
         self.release_memory()
         if self.runtime.is_main:
             state = self.state
-            mark_done(self.stage.folder, {
+            summary = {
                 "steps": state.global_step,
                 "pairs": len(self.stage.pairs),
                 "reference_fingerprint": state.reference_fingerprint,
                 # sequences the frozen reference actually ran (cache misses), and the time it took
                 "reference_sequences": state.reference_sequences,
                 "reference_seconds": state.reference_seconds,
-            })
+            }
+            if self.stage.key is None:
+                mark_done(self.stage.folder, summary)
+            else:
+                from drift.sampler.process import checkpoint_fingerprint
+
+                finish_stage(self.stage.folder, self.stage.key, checkpoint_fingerprint(final_model), summary)
             # the stage is finished: its resumable state (weights + optimizer) is no longer needed
             for leftover in (CHECKPOINT, CHECKPOINT + ".old"):
                 shutil.rmtree(self.stage.folder / leftover, ignore_errors=True)

@@ -8,15 +8,13 @@ their feedback). Each checkpoint samples one reply per prompt through the sample
 the run's sampler settings except max_new_tokens (eval.max_new_tokens, long enough that few
 replies are cut) and sampler.truncated=keep (a cut reply is scored, and counted as cut).
 
-Samples live in ``<output_dir>/eval_cache/<fingerprint>-<settings>/`` so that runs sharing a
+Samples live in ``<output_dir>/eval_cache/<the request's fingerprint>/`` so that runs sharing a
 checkpoint (the base model, a warm start every method starts from) sample it once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -122,17 +120,15 @@ def summarize(scored: list[dict], prompts: int, samples_per_prompt: int = 1) -> 
 
 def evaluate_checkpoint(checkpoint: str, heldout: list[dict], *, cache_root: Path, sampler: SamplerConfig,
                         max_prompt_length: int, prompt_format: str, device: str, trust_remote_code: bool) -> dict:
-    from drift.sampler.client import SamplingJob, sample
-    from drift.sampler.process import checkpoint_fingerprint
+    from drift.sampler.client import SamplingJob, request_key, sample
 
     rows = tuple({"prompt_id": r["prompt_id"], "messages": r["messages"], "keep_last": 1} for r in heldout)
     k = sampler.num_samples
-    settings = hashlib.sha256(json.dumps([dataclasses.asdict(sampler), max_prompt_length, prompt_format, rows],
-                                         sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cache_root) / f"{checkpoint_fingerprint(checkpoint)[:16]}-{settings}"
-    result = sample(SamplingJob(checkpoint, rows, folder, sampler, max_prompt_length=max_prompt_length,
-                                prompt_format=prompt_format, device=device, trust_remote_code=trust_remote_code),
-                    label="heldout eval")
+    job = SamplingJob(checkpoint, rows, Path(cache_root), sampler, max_prompt_length=max_prompt_length,
+                      prompt_format=prompt_format, device=device, trust_remote_code=trust_remote_code)
+    # the folder is named by the request's key: runs that evaluate the same checkpoint share it
+    folder = Path(cache_root) / request_key(job).fingerprint
+    result = sample(dataclasses.replace(job, out_dir=folder), label="heldout eval")
     scored = score_rows(result.samples, heldout)
     counts = {kind: sum(r["kind"] == kind for r in heldout) for kind in KINDS}
     per_prompt = prompt_means(scored, [r["prompt_id"] for r in heldout], k)

@@ -1,25 +1,29 @@
 """The one way to sample: ``sample(SamplingJob(...))`` starts launch/sample.py as its own OS process.
 
 The pipeline (each iteration's positives), the coverage analysis, the benchmark exports and the
-testbed report all sample through this function, with one reuse rule: a folder whose ``done``
-marker holds the same request -- the checkpoint's weights fingerprint, the prompts' sha256, every
-sampler setting, the prompt budget and format -- is reused as it is; anything else is sampled
-again. The sampler stays a separate process (it holds the accelerator alone while it runs); its
-outputs and the marker are written through temp files and renames.
+testbed report all sample through this function. Its reuse rule is the stage contract's
+(drift.stages): the request's key -- inputs: the checkpoint's weights and the prompts, by their
+fingerprints; settings: every sampler setting, the prompt budget and format, and whatever the caller
+adds in ``described_by`` -- is recorded in the folder's ``done`` marker; a folder whose marker
+holds the same key is reused as it is, anything else is sampled again. The sampler stays a
+separate process (it holds the accelerator alone while it runs); its outputs and the marker are
+written through temp files and renames.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from drift.config import SamplerConfig
-from drift.io import DONE, jsonl_text, mark_done, read_done, read_jsonl, write_text_atomic
+from drift.fingerprint import fingerprint
+from drift.io import DONE, jsonl_text, read_done, read_jsonl, write_text_atomic
+from drift.stages import StageKey, finish, is_finished, start
 
 SAMPLER_SCRIPT = Path(__file__).resolve().parent.parent.parent / "launch" / "sample.py"
 
@@ -36,6 +40,9 @@ class SamplingJob:
     prompt_format: str = "chat_template"
     device: str = "auto"
     trust_remote_code: bool = False
+    # settings of the caller that shaped the prompts (data.guidance, say): recorded in the key, so
+    # that a refusal to reuse the folder can name them
+    described_by: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,17 +62,23 @@ def hydra_override(key: str, value) -> str:
     return f"{key}={value}"
 
 
-def request_identity(job: SamplingJob, text: str | None = None) -> dict:
-    """What makes two sampler runs the same run (the reuse rule's key)."""
-    from drift.sampler.process import checkpoint_fingerprint
+def request_key(job: SamplingJob, checkpoint_fingerprint: str | None = None) -> StageKey:
+    """What makes two sampler runs the same run (the reuse rule's key); ``checkpoint_fingerprint``
+    when the caller already knows it (a finished stage recorded it), else it is computed."""
+    if checkpoint_fingerprint is None:
+        from drift.sampler.process import checkpoint_fingerprint as weights_of
 
-    return {
-        "checkpoint_fingerprint": checkpoint_fingerprint(job.checkpoint),
-        "prompts_sha256": hashlib.sha256((text if text is not None else jsonl_text(job.prompts)).encode()).hexdigest(),
-        "sampler": dataclasses.asdict(job.sampler),
-        "max_prompt_length": job.max_prompt_length,
-        "prompt_format": job.prompt_format,
-    }
+        checkpoint_fingerprint = weights_of(job.checkpoint)
+    from drift.backends import resolve_sampler
+
+    # the backend that runs, not "auto": a folder sampled by vLLM is not the HF sampler's
+    resolved = resolve_sampler(job.sampler, job.device)[0]
+    sampler = {f"sampler.{name}": value for name, value in dataclasses.asdict(resolved).items()}
+    return StageKey(
+        inputs={"checkpoint": checkpoint_fingerprint, "prompts": fingerprint(job.prompts)},
+        settings={**sampler, "max_prompt_length": job.max_prompt_length, "prompt_format": job.prompt_format,
+                  **job.described_by},
+    )
 
 
 def sampler_command(job: SamplingJob, prompts_path: Path) -> list[str]:
@@ -84,28 +97,22 @@ def read_samples(folder: Path) -> list[dict]:
     return read_jsonl(Path(folder) / "samples.jsonl")
 
 
-def finished_request(folder: Path) -> dict | None:
-    """The request recorded by a finished run in ``folder``, or None."""
-    if not (Path(folder) / "samples.jsonl").is_file():
-        return None
-    try:
-        return (read_done(folder) or {}).get("request")
-    except (json.JSONDecodeError, AttributeError):
-        return None
+def sample(job: SamplingJob, *, label: str = "sampler", checkpoint_fingerprint: str | None = None) -> SamplingResult:
+    """Sample ``job`` in its own process, or reuse the finished run of the same request.
+    ``checkpoint_fingerprint``: the checkpoint's, when a finished stage recorded it."""
+    from drift.backends import resolve_sampler
 
-
-def sample(job: SamplingJob, *, label: str = "sampler") -> SamplingResult:
-    """Sample ``job`` in its own process, or reuse the finished run of the same request."""
+    job = dataclasses.replace(job, sampler=resolve_sampler(job.sampler, job.device)[0])
     out_dir = Path(job.out_dir)
-    text = jsonl_text(job.prompts)
-    request = request_identity(job, text)
-    if finished_request(out_dir) == request:
+    key = request_key(job, checkpoint_fingerprint)
+    if is_finished(out_dir, key) and (out_dir / "samples.jsonl").is_file():
         print(f"{label}: reusing the samples in {out_dir} (same weights, prompts and settings)", flush=True)
         return SamplingResult(read_samples(out_dir), read_done(out_dir)["report"], reused=True)
     (out_dir / DONE).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    start(out_dir, key)
     prompts_path = out_dir / "prompts.jsonl"
-    write_text_atomic(prompts_path, text)
+    write_text_atomic(prompts_path, jsonl_text(job.prompts))
     command = sampler_command(job, prompts_path)
     result = subprocess.run(command)
     if result.returncode != 0:
@@ -114,5 +121,5 @@ def sample(job: SamplingJob, *, label: str = "sampler") -> SamplingResult:
             f"command: {' '.join(command)}"
         )
     report = json.loads((out_dir / "sampling_report.json").read_text())
-    mark_done(out_dir, {"request": request, "report": report})
+    finish(out_dir, key, fingerprint(read_jsonl(out_dir / "samples.jsonl")), {"report": report})
     return SamplingResult(read_samples(out_dir), report, reused=False)

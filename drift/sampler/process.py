@@ -39,7 +39,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from drift.backends import resolve_sampler
 from drift.config import ConfigError, ModelConfig, SamplerConfig, validate_sampler_run
+from drift.fingerprint import FileContents, fingerprint
 from drift.io import jsonl_lines, write_json_atomic, write_jsonl_atomic
 from drift.sampler.engine import DecoderWeights, Generation, engine_unsupported_reason, generate_continuous, sample_next_tokens
 
@@ -83,18 +85,12 @@ def checkpoint_fingerprint(folder: str | os.PathLike) -> str:
     files = sorted(Path(folder).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"checkpoint {folder} has no *.safetensors weight files; the sampler loads safetensors only")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}:{path.stat().st_size};".encode())
-        with open(path, "rb") as stream:
-            while chunk := stream.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:32]
+    return fingerprint([FileContents(path) for path in files])
 
 
 def prompt_hash(prompt_ids: Sequence[int]) -> str:
     """sha256 of the rendered prompt's token ids (as int64, like drift.tokenize's sequence keys)."""
-    return hashlib.sha256(np.asarray(prompt_ids, dtype=np.int64).tobytes()).hexdigest()
+    return fingerprint(np.asarray(prompt_ids, dtype=np.int64), length=64)
 
 
 def sample_seed(seed: int, prompt_id: str, sample_index: int, attempt: int) -> int:
@@ -582,6 +578,7 @@ def run_sampler(checkpoint: str | os.PathLike, prompts_path: str | os.PathLike, 
 
     started = time.perf_counter()
     validate_sampler_run(sampler_cfg, max_prompt_length=max_prompt_length, prompt_format=prompt_format, device=device)
+    sampler_cfg, _ = resolve_sampler(sampler_cfg, device)
     if sampler_cfg.backend == "vllm":
         require_vllm()
     checkpoint, out_dir = str(checkpoint), Path(out_dir)

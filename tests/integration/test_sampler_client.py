@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from drift.config import SamplerConfig
-from drift.sampler.client import DONE, SamplingJob, request_identity, sample, sampler_command
+from drift.sampler.client import DONE, SamplingJob, request_key, sample, sampler_command
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_a_finished_request_is_reused_and_any_change_samples_again(checkpoint, t
     first = sample(job(checkpoint, tmp_path / "s"))
     assert not first.reused and [r["prompt_id"] for r in first.samples] == ["p0", "p1", "p2"]
     marker = json.loads((tmp_path / "s" / DONE).read_text())
-    assert marker["request"] == request_identity(job(checkpoint, tmp_path / "s"))
+    assert marker["key"] == request_key(job(checkpoint, tmp_path / "s")).record()
     again = sample(job(checkpoint, tmp_path / "s"))
     assert again.reused and again.samples == first.samples and again.report == first.report
     # another setting, other prompts: sampled again (and the marker now names the new request)
@@ -40,20 +40,20 @@ def test_a_finished_request_is_reused_and_any_change_samples_again(checkpoint, t
 
 
 def test_the_identity_covers_weights_prompts_and_every_setting(checkpoint, tmp_path):
-    base = request_identity(job(checkpoint, tmp_path))
-    assert request_identity(job(checkpoint, tmp_path / "elsewhere")) == base  # the folder is not part of it
-    assert request_identity(job(checkpoint, tmp_path, temperature=0.5)) != base
-    assert request_identity(dataclasses.replace(job(checkpoint, tmp_path), prompt_format="raw_text")) != base
+    base = request_key(job(checkpoint, tmp_path))
+    assert request_key(job(checkpoint, tmp_path / "elsewhere")) == base  # the folder is not part of it
+    assert request_key(job(checkpoint, tmp_path, temperature=0.5)) != base
+    assert request_key(dataclasses.replace(job(checkpoint, tmp_path), prompt_format="raw_text")) != base
     changed = tmp_path / "changed"
     changed.mkdir()
     for path in checkpoint.iterdir():
         (changed / path.name).write_bytes(path.read_bytes())
-    assert request_identity(job(changed, tmp_path)) == base  # same bytes, same weights
+    assert request_key(job(changed, tmp_path)) == base  # same bytes, same weights
     weights = next(changed.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert request_identity(job(changed, tmp_path))["checkpoint_fingerprint"] != base["checkpoint_fingerprint"]
+    assert request_key(job(changed, tmp_path)).inputs["checkpoint"] != base.inputs["checkpoint"]
 
 
 def test_every_sampler_setting_reaches_the_process_command(checkpoint, tmp_path):

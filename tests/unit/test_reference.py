@@ -33,7 +33,8 @@ def test_cached_values_equal_a_fresh_forward_and_changed_sequences_miss(tmp_path
 
     cache = ReferenceCache(tmp_path, weights_fingerprint(model, runtime))
     assert len(cache.missing(sequences)) == len(sequences)
-    cache.update(compute_sequence_logps(SequenceLogprobModel(model), sequences, runtime, batch_size=3, pad_id=0), runtime)
+    cache.add(compute_sequence_logps(SequenceLogprobModel(model), sequences, runtime, batch_size=3, pad_id=0))
+    cache.save()
 
     reopened = ReferenceCache(tmp_path, cache.fingerprint)  # read back from disk
     assert reopened.missing(sequences) == []

@@ -1,18 +1,19 @@
 """method.warmstart_from: a run links an earlier run's finished warm start instead of training one,
-only when every setting that shapes a warm start is the same; the weights it starts from are the
-earlier run's, byte for byte."""
+only when its recorded stage keys are the ones this run would record; the weights it starts from are
+the earlier run's, byte for byte."""
 
+import json
 import os
 import shutil
 
 import pytest
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from drift.compose import compose
 from drift.config import Config, ConfigError
 from drift.pipeline import run
-from drift.warmstart import SETTINGS_FILE, differences
+from drift.plan import stage_plan
+from drift.preflight import check_run
 
 TINY = [
     "model=tiny", "method.warmstart_epochs=1", "method.iterations=0", "trainer.lr=1e-3",
@@ -63,23 +64,28 @@ def test_a_setting_that_shapes_the_warm_start_differs_the_error_names_it(trained
 
 def test_settings_that_do_not_shape_it_may_differ(trained):
     root, config = trained
-    ours = _config(root, "method=iterdpo", "data.guidance=restate", "method.iterations=2", "sampler.max_new_tokens=99")
-    from drift.warmstart import warmstart_settings
+    ours = _config(root, "method=iterdpo", "data.guidance=restate", "method.iterations=2", "sampler.max_new_tokens=99",
+                   "trainer.save_every_steps=3", "logging.progress_bar=true")
+    records, sampler = check_run(config, root / "first").records, check_run(config, root / "first").sampler
 
-    assert differences(warmstart_settings(config), warmstart_settings(ours)) == []
+    def warm_keys(cfg):
+        return [stage.make_key(["x"] * len(stage.upstream)) for stage in stage_plan(cfg, records, sampler)
+                if stage.name.startswith("iter_0/")]
+
+    assert warm_keys(ours) == warm_keys(config)
 
 
-def test_an_older_run_without_the_settings_file_is_read_from_its_saved_hydra_config(trained, tmp_path):
-    root, config = trained
+def test_a_run_finished_before_keys_were_recorded_is_not_linked(trained, tmp_path):
+    root, _ = trained
     older = tmp_path / "older"
     shutil.copytree(root / "first", older)
-    (older / "iter_0" / SETTINGS_FILE).unlink()
-    (older / ".hydra").mkdir()
-    (older / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    run(_config(tmp_path, "method=drift", f"method.warmstart_from={older}"), tmp_path / "reuses")
-    assert _weights(tmp_path / "reuses")["model.norm.weight"].equal(_weights(older)["model.norm.weight"])
-    with pytest.raises(ConfigError, match=r"method.beta: 0.1 there, 0.3 here"):
-        run(_config(tmp_path, "method=drift", f"method.warmstart_from={older}", "method.beta=0.3"), tmp_path / "beta")
+    done = older / "iter_0" / "train" / "done"
+    marker = json.loads(done.read_text())
+    del marker["key"]
+    done.write_text(json.dumps(marker))
+    with pytest.raises(ConfigError, match="finished by an older drift that recorded no settings"):
+        run(_config(tmp_path, "method=drift", f"method.warmstart_from={older}"), tmp_path / "reuses")
+    assert not (tmp_path / "reuses").exists()
 
 
 def test_a_run_without_a_finished_warm_start_cannot_be_reused(tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from drift.config import ConfigError, ModelConfig, SamplerConfig
 from drift.data.prompts import render_prompt_ids
+from drift.fingerprint import fingerprint
 from drift.model import build_byte_tokenizer, load_model
 from drift.sampler.process import (
     REJECTS_FILE,
@@ -360,7 +361,7 @@ def test_build_requests_renders_truncates_and_rejects_per_sample_index():
     assert truncated and len(expected_ids) <= 64
     assert [(r.prompt_id, r.sample_index) for r in requests] == [("fits", 0), ("fits", 1), ("fits", 2)]
     assert all(r.prompt_ids == tuple(expected_ids) for r in requests)
-    assert requests[0].prompt_hash == hashlib.sha256(np.asarray(expected_ids, dtype=np.int64).tobytes()).hexdigest()
+    assert requests[0].prompt_hash == fingerprint(np.asarray(expected_ids, dtype=np.int64), length=64)
     assert [(r["prompt_id"], r["sample_index"], r["reason"]) for r in rejects] == [
         ("too-long", 0, "prompt_too_long"), ("too-long", 1, "prompt_too_long")]
 
