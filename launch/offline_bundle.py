@@ -38,7 +38,7 @@ GPU_LOCK = REPO / "locks" / "gpu.txt"
 # triton, transformers, accelerate, safetensors, numpy, pyarrow), with their own dependencies
 NODE_HAS = ("torch", "triton", "transformers", "accelerate", "safetensors", "numpy", "pyarrow")
 # what the node runs: drift (pyproject's dependencies) and the GPU check's peers
-LEAN_ROOTS = ("hydra-core", "tqdm", "datasets", "trl", "liger-kernel")
+LEAN_ROOTS = ("hydra-core", "tqdm", "peft", "datasets", "trl", "liger-kernel")
 LEAN_LEAVES_OUT = ("wandb", "gguf")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 VIA = re.compile(r"^\s+#\s+(?:via\s+)?([A-Za-z0-9][A-Za-z0-9._-]*)(?:\s|$)")
