@@ -2,12 +2,16 @@
 
     python benchmarks/dpo_step.py                     # SmolLM2-135M, 32 pairs, batch 4, max length 512
     python benchmarks/dpo_step.py --variants ours trl_precompute --pairs 16
+    python benchmarks/dpo_step.py --model random:<folder with SmolLM2's config.json and tokenizer>
 
 Same seeded word-salad pairs (~180-word prompts, ~140-word responses), same model, batch, max
 length, optimizer (RMSprop, lr 5e-7, linear schedule, warmup 0.1), beta 0.1, no NLL term, one
 epoch. Each variant runs in a fresh subprocess so its peak RSS is its own. Reports pairs/s and
 tokens/s (median step after the first), peak memory, reference forwards and time, the final loss,
-and padding share; prints a table and writes benchmarks/results/dpo_step_<device>.json.
+and padding share; prints a table and writes benchmarks/results/dpo_step_<device>.json. Where the
+embedded model cannot be installed (a GPU node without network), ``--model random:<folder>`` runs
+seeded random weights in its shape (drift.model.RANDOM_PREFIX): the same shapes and FLOPs, so the
+speed and memory figures hold; the losses mean nothing, and the report says so.
 """
 
 from __future__ import annotations
@@ -358,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=4, help="global batch (pairs per optimizer step)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="embedded:smollm2")
+    parser.add_argument("--model", default="embedded:smollm2",
+                        help="a model source as model.name_or_path takes it; random:<folder> for seeded random weights in its shape")
     parser.add_argument("--logprob-impl", default="auto")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "bf16", "fp32"),
@@ -376,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_weights(model: str) -> str:
+    """Prepares the model once, before any variant starts (the embedded one dequantized, random
+    weights built and cached), and says what its weights are; exits with a sentence if it cannot."""
+    from drift.config import ModelConfig
+    from drift.model import RANDOM_PREFIX, RANDOM_WEIGHTS_NOTE, resolve_source
+
+    try:
+        resolve_source(ModelConfig(name_or_path=model))
+    except (RuntimeError, OSError, ValueError) as error:
+        sys.exit(f"dpo_step.py: --model {model}: {error}")
+    return f"random weights ({RANDOM_WEIGHTS_NOTE})" if model.startswith(RANDOM_PREFIX) else "trained weights"
+
+
 def main() -> None:
     args = build_parser().parse_args()
     sys.path.insert(0, str(ROOT))
@@ -385,6 +403,8 @@ def main() -> None:
 
     import torch
 
+    weights = model_weights(args.model)
+    print(f"model {args.model}: {weights}", flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and "trl_liger" in args.variants:
         args.variants.remove("trl_liger")
@@ -401,7 +421,8 @@ def main() -> None:
 
     trl_rows = [r for r in rows if r["variant"].startswith("trl") and "error" not in r]
     best_trl = max(trl_rows, key=lambda r: r["pairs_per_second"]) if trl_rows else None
-    print(f"\n{'variant':<16} {'s/step':>7} {'pairs/s':>8} {'tok/s':>7} {'peak RSS GB':>11} {'ref seqs':>8} {'ref s':>6} {'final loss':>10} {'vs TRL best':>11}")
+    print(f"\n{args.model}: {weights}")
+    print(f"{'variant':<16} {'s/step':>7} {'pairs/s':>8} {'tok/s':>7} {'peak RSS GB':>11} {'ref seqs':>8} {'ref s':>6} {'final loss':>10} {'vs TRL best':>11}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<16} {r['error'][:100]}")
@@ -433,6 +454,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "dtype": ("bf16" if device == "cuda" else "fp32") if args.precision == "auto" else args.precision,
         "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl", "max_tokens_per_forward", "precision")},
+        "weights": weights,
         "rows": [{k: v for k, v in r.items() if k != "_index"} for r in rows],
     }
     path = Path(args.out or ROOT / "benchmarks" / "results" / f"dpo_step_{device}.json")

@@ -4,7 +4,8 @@
     python benchmarks/logprob_throughput.py --n 512 2048 8192 --h 896 5120 --v 49152 151936 --variants naive chunked
 
 Every variant computes log p(target) for N tokens from hidden [N, H] and an lm_head weight [V, H]
-and back-propagates a fixed random upstream gradient into both. Each timed run happens in a fresh
+and back-propagates a fixed random upstream gradient into both, all drawn on the device itself (a
+seeded generator there: no host-to-device copy). Each timed run happens in a fresh
 subprocess, so its peak memory is its own: on CPU the peak RSS above the RSS after the inputs were
 built, on GPU the CUDA allocator's peak above what the inputs hold. "transient" is that peak minus
 the hidden and weight gradient buffers every method must return. The --repeat rounds interleave
@@ -39,9 +40,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 # matmul FLOPs each variant really executes for forward + backward, in units of N*H*V: the logits
 # are 2, the hidden and weight gradients 2 each. Ours and the checkpointed variant recompute the
-# logits in backward (8); naive and TRL keep them (6); Liger's fused linear cross-entropy computes
-# the gradients during its forward and keeps no logits, with no recompute (6).
-EXECUTED_FLOPS_PER_NHV = {"naive": 6, "trl": 6, "liger": 6, "checkpointed": 8, "chunked": 8, "triton": 8, "flash_attn": 8}
+# logits in backward (8); naive and TRL keep them (6). Liger's fused linear cross-entropy computes
+# the gradients inside its forward (6) only for a mean or sum loss; per-token log-probs need
+# reduction="none", and there liger-kernel 0.8.5 defers them to backward and recomputes the logits
+# (ops/fused_linear_cross_entropy.py: `ctx.defer_grads = reduction == "none" and needs_grad`, the
+# forward runs with compute_gradients=False, and backward calls fused_linear_cross_entropy_forward
+# again with compute_gradients=True): 2 + 2 + 2 + 2 = 8.
+EXECUTED_FLOPS_PER_NHV = {"naive": 6, "trl": 6, "liger": 8, "checkpointed": 8, "chunked": 8, "triton": 8, "flash_attn": 8}
 
 
 # ---- the variants: each maps (hidden, weight, targets) to log-probs with autograd ----
@@ -141,13 +146,15 @@ def worker(spec: dict) -> dict:
     if reason is not None:
         return dict(status="not runnable", reason=reason)
     runner = RUNNERS[spec["variant"]]
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    # built in place so no temporary copy raises the RSS high-water mark before the baseline
-    hidden = torch.randn(n_tokens, hidden_size, generator=generator).to(device, dtype).requires_grad_()
-    weight = torch.randn(vocab, hidden_size, generator=generator)
-    weight = weight.mul_(2.0 / hidden_size**0.5).to(device, dtype).requires_grad_()  # logits ~ N(0, 4)
-    targets = torch.randint(0, vocab, (n_tokens,), generator=generator).to(device)
-    grad_logps = torch.randn(n_tokens, generator=generator).to(device)
+    # drawn on the device, in their dtype and in place: no host-to-device copy of a multi-GB weight,
+    # and no temporary that raises the RSS high-water mark (CPU) before the baseline is taken
+    generator = torch.Generator(device=device).manual_seed(0)
+    on_device = dict(device=device, generator=generator)
+    hidden = torch.randn(n_tokens, hidden_size, dtype=dtype, **on_device).requires_grad_()
+    weight = torch.randn(vocab, hidden_size, dtype=dtype, **on_device)
+    weight = weight.mul_(2.0 / hidden_size**0.5).requires_grad_()  # logits ~ N(0, 4)
+    targets = torch.randint(0, vocab, (n_tokens,), **on_device)
+    grad_logps = torch.randn(n_tokens, **on_device)
     try:
         # warm-up: imports, lazy library init and kernel compilation stay out of the timing; on CPU a
         # 16-token slice is enough, on GPU the full shape is needed for its compiled kernels
@@ -191,6 +198,15 @@ def _device_description(device: torch.device) -> str:
     with open("/proc/cpuinfo") as cpuinfo:
         models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     return f"{models[0] if models else platform.processor()}, {torch.get_num_threads()} threads"
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def _peak_tflops(name: str) -> float | None:
@@ -338,6 +354,7 @@ def main(argv=None) -> None:
         device_type=device.type,
         dtype=dtype,
         torch=torch.__version__,
+        liger_kernel=_version("liger-kernel"),
         repeat=args.repeat,
         load_average_start=[round(x, 2) for x in load_start],
         load_average_end=[round(x, 2) for x in os.getloadavg()],
