@@ -30,8 +30,17 @@ from drift.parallel import Runtime, init_runtime, on_main_then_wait, run_on_main
 from drift.plan import EVALUATE, INITIAL, evaluated_stages, initial_output, is_tiny, sample_job, seed_pair_rows
 from drift.preflight import Checked, check_run
 from drift.stages import (
-    RETRAIN, StageKey, StageMismatch, differences, finish, is_finished, mismatch_sentence, output_of, recorded_key,
-    remove_stages, start,
+    RETRAIN,
+    StageKey,
+    StageMismatch,
+    differences,
+    finish,
+    is_finished,
+    mismatch_sentence,
+    output_of,
+    recorded_key,
+    remove_stages,
+    start,
 )
 from drift.tokenize import tokenize_pairs
 from drift.train import Stage, train_stage
@@ -58,7 +67,7 @@ class Run:
 
 
 def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
-    checked = check_run(config, run_dir)  # every check, before any work
+    checked = check_run(config, run_dir, consume=True)  # every check, before any work
     run = start_run(config, Path(run_dir), checked, run_config)
     policy = initial_model_stage(run)
     if config.method.warmstart_epochs > 0:

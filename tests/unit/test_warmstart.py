@@ -17,7 +17,7 @@ from drift.preflight import check_run
 
 TINY = [
     "model=tiny", "method.warmstart_epochs=1", "method.iterations=0", "trainer.lr=1e-3",
-    "trainer.per_device_batch_size=2", "trainer.device=cpu", "logging.wandb_mode=disabled",
+    "trainer.per_device_batch_size=8", "trainer.device=cpu", "logging.wandb_mode=disabled",
     "logging.progress_bar=false",
 ]
 
@@ -107,3 +107,26 @@ def test_the_linked_files_share_storage_where_the_file_system_allows(trained):
         run(_config(root, "method=spin", f"method.warmstart_from={root / 'first'}"), second)
     model = "iter_0/train/model/model.safetensors"
     assert os.stat(second / model).st_ino == os.stat(root / "first" / model).st_ino
+
+
+def test_a_changed_setting_is_refused_then_retrained_from_the_stage_it_shapes(trained, tmp_path):
+    """The same folder run again with another learning rate: refused, naming it; with resume=retrain the
+    warm start is trained again (the data and tokenize stages, which the learning rate does not shape,
+    are kept) and its done marker says the new rate; back to the first rate, the weights are the first
+    run's byte for byte: the retrained folder holds what its config says."""
+    root, _ = trained
+    folder = tmp_path / "run"
+    shutil.copytree(root / "first", folder)
+    model = "iter_0/train/model/model.safetensors"
+    kept = {stage: (folder / stage / "done").read_bytes() for stage in ("iter_0/data", "iter_0/tokenize")}
+    with pytest.raises(ConfigError, match=r"stage iter_0/train .*\(trainer.lr: 0.001 there, 0.002 here\).*resume=retrain"):
+        run(_config(tmp_path, "method=drift", "trainer.lr=2e-3"), folder)
+    assert (folder / model).read_bytes() == (root / "first" / model).read_bytes()
+
+    run(_config(tmp_path, "method=drift", "trainer.lr=2e-3", "resume=retrain"), folder)
+    assert json.loads((folder / "iter_0/train/done").read_text())["key"]["settings"]["trainer.lr"] == 2e-3
+    assert (folder / model).read_bytes() != (root / "first" / model).read_bytes()
+    assert {stage: (folder / stage / "done").read_bytes() for stage in kept} == kept
+
+    run(_config(tmp_path, "method=drift", "resume=retrain"), folder)
+    assert (folder / model).read_bytes() == (root / "first" / model).read_bytes()
