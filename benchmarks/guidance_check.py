@@ -25,13 +25,13 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from drift.config import SamplerConfig
     from drift.data import DataConfig, load_records
-    from drift.io import write_text_atomic
     from drift.data.prompts import GUIDANCE, ORIGINAL_KEEP_LAST, guided_keep_last, guided_prompt, original_prompt
+    from drift.eval.gold import preference_kind
     from drift.guidance import gold_scorer, guidance_check
+    from drift.io import write_text_atomic
     from drift.methods import check_cases
     from drift.model import ensure_embedded_smollm2
     from drift.sampler.client import SamplingJob, sample
-    from drift.eval.gold import preference_kind
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="an HF folder (default: the embedded SmolLM2-135M-Instruct)")

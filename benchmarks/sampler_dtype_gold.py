@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from drift.config import SamplerConfig
-    from drift.io import write_text_atomic
     from drift.eval.heldout import eval_sampler, evaluate_checkpoint, read_heldout
+    from drift.io import write_text_atomic
     from drift.model import ensure_embedded_smollm2
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

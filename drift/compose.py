@@ -78,7 +78,8 @@ def exit_with_sentence(error_prefix: str, message: str) -> typing.NoReturn:
 
 def compose(config_name: str, overrides: Iterable[str], schema: type[Schema], config_dir: Path = CONF_DIR) -> Schema:
     """What the Hydra app of <config_dir>/<config_name>.yaml would run with, without a command line."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     register(config_name, schema)
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):

@@ -9,7 +9,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-
 from tiny import synthetic_pairs, tiny_config  # noqa: E402
 
 from drift.model import load_tokenizer  # noqa: E402

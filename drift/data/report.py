@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drift.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from drift.data.records import DsatCase, PreferencePair, Records, Rejected, SatReply
+from drift.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 # the paper's WildFeedback numbers (its Section 4.1), printed beside ours for the annotation schema
 PAPER_WILDFEEDBACK = {

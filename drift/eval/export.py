@@ -33,9 +33,16 @@ from typing import Optional
 from drift.checks import Device, PromptFormat, SamplerBackend, check, check_choice, choices
 from drift.config import ModelConfig, SamplerConfig
 from drift.data.files import SchemaError
-from drift.io import DONE, mark_done, write_json_atomic, write_jsonl_atomic
 from drift.data.records import Rejected
-from drift.eval.benchmarks import BENCHMARKS, default_generator, output_file_name, output_rows, read_benchmark, sampler_rows
+from drift.eval.benchmarks import (
+    BENCHMARKS,
+    default_generator,
+    output_file_name,
+    output_rows,
+    read_benchmark,
+    sampler_rows,
+)
+from drift.io import DONE, mark_done, write_json_atomic, write_jsonl_atomic
 
 USAGE = (f"python launch/analyze.py export checkpoint=PATH benchmark={'|'.join(BENCHMARKS)} "
          f"prompts=FILE [out=DIR] [generator=NAME] [limit=N] [max_prompt_length=N] [prompt_format={'|'.join(choices(PromptFormat))}] "
@@ -131,7 +138,8 @@ def render_prompts(items, tokenizer, *, max_prompt_length: int, prompt_format: s
 
 
 def sample(checkpoint: str, prompt_rows: list[dict], out_dir: Path, cfg: ExportConfig) -> dict:
-    from drift.sampler.client import SamplingJob, sample as run_sampling
+    from drift.sampler.client import SamplingJob
+    from drift.sampler.client import sample as run_sampling
 
     return run_sampling(SamplingJob(
         checkpoint, tuple(prompt_rows), out_dir, cfg.sampler, max_prompt_length=cfg.max_prompt_length,

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from drift.checks import EvalStages, check, check_choice, string_list
-from drift.io import is_done, read_jsonl, write_json_atomic, write_text_atomic
 from drift.eval.gold import conversation_of, gold_reward, load_specs, words
+from drift.io import is_done, read_jsonl, write_json_atomic, write_text_atomic
 
 COMMAND = "testbed"
 STAGE_FOLDER = re.compile(r"^iter_(\d+)$")

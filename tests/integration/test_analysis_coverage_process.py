@@ -12,7 +12,11 @@ import pytest
 from drift.analysis import coverage as command
 from drift.commands import compose_command
 from tests.unit.analysis.test_analysis_coverage import (
-    fake_embed, fake_project, plain_reward, save_tiny_policy, save_tiny_reward_model,
+    fake_embed,
+    fake_project,
+    plain_reward,
+    save_tiny_policy,
+    save_tiny_reward_model,
 )
 
 

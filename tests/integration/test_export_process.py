@@ -11,8 +11,17 @@ import pytest
 
 from drift.commands import invoke
 from tests.unit.eval.test_export import (
-    ADVBENCH, ADVBENCH_FIELDS, ALPACA, ALPACA_EVAL_FIELDS, TOXIGEN, TOXIGEN_FIELDS, WILDBENCH, WILDBENCH_CONFIGS,
-    WILDBENCH_FIELDS, check_fields, read_jsonl,
+    ADVBENCH,
+    ADVBENCH_FIELDS,
+    ALPACA,
+    ALPACA_EVAL_FIELDS,
+    TOXIGEN,
+    TOXIGEN_FIELDS,
+    WILDBENCH,
+    WILDBENCH_CONFIGS,
+    WILDBENCH_FIELDS,
+    check_fields,
+    read_jsonl,
 )
 
 

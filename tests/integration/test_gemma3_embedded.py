@@ -13,7 +13,13 @@ import torch
 
 from drift.config import ModelConfig
 from drift.model import (
-    GEMMA3_CHUNKS, GEMMA3_INSTALL, GEMMA3_PACKAGE, GEMMA_TEMPLATE, load_model, load_tokenizer, resolve_source,
+    GEMMA3_CHUNKS,
+    GEMMA3_INSTALL,
+    GEMMA3_PACKAGE,
+    GEMMA_TEMPLATE,
+    load_model,
+    load_tokenizer,
+    resolve_source,
 )
 from drift.parallel import SequenceLogprobModel, sequence_logps
 from drift.sampler.process import stop_token_ids

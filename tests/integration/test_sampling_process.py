@@ -17,11 +17,17 @@ import numpy as np
 from drift.config import SamplerConfig
 from drift.data.prompts import render_prompt_ids
 from drift.model import build_byte_tokenizer
-from drift.sampler.process import REJECTS_FILE, REPORT_FILE, SAMPLES_FILE, checkpoint_fingerprint, run_sampler, sample_seed
-from tests.unit.sampler.test_sampling import ROW_KEYS, SCRIPT, read_jsonl, write_prompts
-# fixtures, shared with the in-process sampler tests: the tiny checkpoint, one torch thread
-from tests.unit.sampler.test_sampling import checkpoint, one_thread  # noqa: F401, F811
+from drift.sampler.process import (
+    REJECTS_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    checkpoint_fingerprint,
+    run_sampler,
+    sample_seed,
+)
 
+# fixtures, shared with the in-process sampler tests: the tiny checkpoint, one torch thread
+from tests.unit.sampler.test_sampling import ROW_KEYS, SCRIPT, checkpoint, one_thread, read_jsonl, write_prompts  # noqa: F401, F811
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -74,7 +74,15 @@ def test_unknown_key_is_named():
 def test_group_files_hold_only_what_differs_from_the_dataclasses():
     from omegaconf import OmegaConf
 
-    from drift.config import DataConfig, EvalConfig, LoggingConfig, MethodConfig, ModelConfig, SamplerConfig, TrainerConfig
+    from drift.config import (
+        DataConfig,
+        EvalConfig,
+        LoggingConfig,
+        MethodConfig,
+        ModelConfig,
+        SamplerConfig,
+        TrainerConfig,
+    )
 
     # name (and a model's name_or_path) say which option a file is, so they stay even when equal
     identity = {"name", "name_or_path"}

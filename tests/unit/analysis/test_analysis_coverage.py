@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 import torch
 
+from drift.analysis._kde import (
+    coverage,
+    grid_axes,
+    high_reward_region,
+    kde_surface,
+    reward_weights,
+    scott_bandwidth,
+    share,
+)
 from drift.commands import compose_command, invoke
-from drift.analysis._kde import coverage, grid_axes, high_reward_region, kde_surface, reward_weights, scott_bandwidth, share
 from drift.config import ConfigError, ModelConfig
 from drift.model import build_byte_tokenizer, load_model
 

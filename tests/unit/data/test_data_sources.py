@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from drift.data import FIXTURE_DIR, DataConfig, SchemaError, load_records, write_records
 from drift.checks import choices
+from drift.data import FIXTURE_DIR, DataConfig, SchemaError, load_records, write_records
 from drift.data.config import BothLabels
 from drift.data.report import case_row
 

@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from drift.commands import invoke
-from drift.eval import testbed as report
 from drift.data import DataConfig, load_records
+from drift.eval import testbed as report
 from drift.eval.gold import SpecError, conversation_of, gold_reward, load_specs, validate_spec
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 
 from drift.data import DataConfig, load_records
-from drift.eval.heldout import read_heldout, score_rows, summarize
 from drift.eval.gold import gold_reward, load_specs, preference_kind
+from drift.eval.heldout import read_heldout, score_rows, summarize
 
 FIXTURES = Path(__file__).resolve().parents[3] / "drift" / "data" / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 
 from testbed_compose import (  # noqa: E402
-    HELDOUT_FILE, REVEALED_SPEC, REVEALED_TELLS, STATED_KINDS, TRAIN_FILE, heldout_prompts, main, training_conversations,
+    HELDOUT_FILE,
+    REVEALED_SPEC,
+    REVEALED_TELLS,
+    STATED_KINDS,
+    TRAIN_FILE,
+    heldout_prompts,
+    main,
+    training_conversations,
 )
 from testbed_topics import HELDOUT_TOPICS, TRAIN_TOPICS  # noqa: E402
 

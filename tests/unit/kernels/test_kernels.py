@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-import pytest
-import torch
-
 import drift.kernels._common as common
 import drift.kernels.chunked as chunked
 import drift.kernels.flash_attn_logprobs as flash_attn_logprobs
+import pytest
+import torch
 from drift.kernels import reference_token_logprobs, token_logprobs
 from drift.kernels.function import TokenLogprobs
 

@@ -4,11 +4,9 @@ interpreter: tests/integration/test_kernels_dispatch_process.py)."""
 
 from __future__ import annotations
 
-
+import drift.kernels.dispatch as dispatch
 import pytest
 import torch
-
-import drift.kernels.dispatch as dispatch
 from drift.kernels import resolve_impl, token_logprobs
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -18,6 +18,7 @@ from drift.config import ConfigError, ModelConfig, SamplerConfig
 from drift.data.prompts import render_prompt_ids
 from drift.fingerprint import fingerprint
 from drift.model import build_byte_tokenizer, load_model
+from drift.sampler.engine import StaticDecoder, draw_tokens, engine_unsupported_reason, generate_continuous
 from drift.sampler.process import (
     REJECTS_FILE,
     SAMPLES_FILE,
@@ -26,7 +27,9 @@ from drift.sampler.process import (
     PromptFileError,
     Request,
     build_requests,
+    check_gpu_memory,
     checkpoint_fingerprint,
+    choose_engine,
     cut_at_stop,
     data_parallel_groups,
     generation_from_vllm,
@@ -40,12 +43,9 @@ from drift.sampler.process import (
     sample_with_retries,
     sampler_config_from_dict,
     stop_token_ids,
-    check_gpu_memory,
-    choose_engine,
     vllm_engine_kwargs,
     vllm_requests,
 )
-from drift.sampler.engine import StaticDecoder, draw_tokens, engine_unsupported_reason, generate_continuous
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "launch" / "sample.py"
