@@ -3,7 +3,8 @@ byte tokenizer as fixtures.
 
   tests/unit/          in-process tests, laid out like the package (data/, eval/, analysis/, kernels/, sampler/)
   tests/integration/   tests that start processes: torchrun, the pipeline, the sampler, the launchers
-  tests/gpu/           CUDA only, skipped without it
+  tests/gpu/           CUDA only, skipped without it; a CPU/CUDA device mix is caught on the CPU too, by the
+                       stand-in accelerator of tests/stand_in_device.py (tests/unit/test_device_placement.py)
 
 A test that starts a process (a launcher, the sampler, torchrun, a fresh interpreter) goes under
 tests/integration/, and every test there is marked ``integration``, so ``pytest -m "not integration"``

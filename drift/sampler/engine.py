@@ -77,8 +77,12 @@ def draw_tokens(logits: torch.Tensor, uniforms: torch.Tensor, *, temperature: fl
     """``sample_next_tokens`` without sorting the vocabulary: each row's nucleus is looked for
     among its k most likely tokens (topk), k growing through ``shortlists`` for the rows whose
     nucleus is wider; only a row wider than the last shortlist is sorted in full. The kept set,
-    its order and the inverse-CDF draw are those of the full sort."""
+    its order and the inverse-CDF draw are those of the full sort.
+
+    ``uniforms`` may be on the CPU (each request's generator is a CPU one): they are indexed
+    below with row indices on the logits' device, which CUDA refuses for a CPU tensor."""
     probs = torch.softmax(_wide(logits) / temperature, dim=-1)
+    uniforms = uniforms.to(probs.device)
     tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     rows = torch.arange(probs.shape[0], device=probs.device)
     for k in shortlists:
