@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from drift import lora
 from drift.io import replace_dir
 from drift.model import save_hf_checkpoint
 from drift.parallel import Runtime, barrier
@@ -52,8 +53,9 @@ def _hf_state(model: nn.Module, state: dict) -> dict:
     return state
 
 
-def gathered_state(model: nn.Module, runtime: Runtime, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The full state dict on rank 0's host, floating tensors cast to ``dtype`` ({} on the other ranks).
+def gathered_state(model: nn.Module, runtime: Runtime, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The full state dict on rank 0's host, floating tensors cast to ``dtype`` (None: each kept in its
+    own) ({} on the other ranks).
 
     One tensor at a time (a collective for a sharded one): the transient is one full fp32 tensor
     per device, and rank 0's host holds the model once, in ``dtype``.
@@ -71,17 +73,27 @@ def gathered_state(model: nn.Module, runtime: Runtime, dtype: torch.dtype) -> di
             done[id(value)] = name
             full = value.full_tensor() if isinstance(value, DTensor) else value
             if runtime.is_main:
-                gathered[name] = (full.to(dtype) if full.is_floating_point() else full).detach().cpu()
+                gathered[name] = (full.to(dtype) if dtype is not None and full.is_floating_point() else full).detach().cpu()
     return gathered
 
 
 def save_policy(model: nn.Module, tokenizer, folder: Path, runtime: Runtime, dtype: torch.dtype | None = None) -> None:
     """The policy alone, as an HF folder (what the sampler and the next iteration load), in ``dtype``
-    (default: the training precision, ``runtime.dtype``); a collective call."""
+    (default: the training precision, ``runtime.dtype``); a collective call.
+
+    Under model.lora the folder holds the merged weights (a plain HF folder all the same), and the
+    adapter alone goes beside it, a PEFT folder (drift.lora.ADAPTER) that the next stage continues.
+    """
     dtype = dtype or runtime.dtype
-    state = gathered_state(model, runtime, dtype)
+    adapted = lora.is_adapted(model.causal_lm)
+    # an adapter stays fp32 (and the frozen base in its own dtype) until the two are merged
+    state = gathered_state(model, runtime, None if adapted else dtype)
     if runtime.is_main:
-        save_hf_checkpoint(model.causal_lm, tokenizer, _hf_state(model, state), Path(folder), dtype=dtype)
+        state = _hf_state(model, state)
+        if adapted:
+            lora.save_adapter(model.causal_lm, state, Path(folder).parent / lora.ADAPTER)
+            state = lora.merged_state(state, lora.scaling(model.causal_lm), dtype)
+        save_hf_checkpoint(model.causal_lm, tokenizer, state, Path(folder), dtype=dtype)
     barrier(runtime)
 
 

