@@ -82,7 +82,9 @@ def request_key(job: SamplingJob, checkpoint_fingerprint: str | None = None) -> 
 
 
 def sampler_command(job: SamplingJob, prompts_path: Path) -> list[str]:
-    sampler = job.sampler
+    from drift.backends import resolve_sampler
+
+    sampler = resolve_sampler(job.sampler, job.device)[0]
     return [
         sys.executable, str(SAMPLER_SCRIPT),
         hydra_override("checkpoint", job.checkpoint), hydra_override("prompts", prompts_path),
@@ -97,16 +99,16 @@ def read_samples(folder: Path) -> list[dict]:
     return read_jsonl(Path(folder) / "samples.jsonl")
 
 
-def sample(job: SamplingJob, *, label: str = "sampler", checkpoint_fingerprint: str | None = None) -> SamplingResult:
+def sample(job: SamplingJob, *, label: str = "sampler", checkpoint_fingerprint: str | None = None,
+           quiet: bool = False) -> SamplingResult:
     """Sample ``job`` in its own process, or reuse the finished run of the same request.
-    ``checkpoint_fingerprint``: the checkpoint's, when a finished stage recorded it."""
-    from drift.backends import resolve_sampler
-
-    job = dataclasses.replace(job, sampler=resolve_sampler(job.sampler, job.device)[0])
+    ``checkpoint_fingerprint``: the checkpoint's, when a finished stage recorded it. Prints one line, the
+    report (``quiet``: none, the caller says what happened); the process's own lines only when it fails."""
     out_dir = Path(job.out_dir)
     key = request_key(job, checkpoint_fingerprint)
     if is_finished(out_dir, key) and (out_dir / "samples.jsonl").is_file():
-        print(f"{label}: reusing the samples in {out_dir} (same weights, prompts and settings)", flush=True)
+        if not quiet:
+            print(f"{label}: reusing the samples in {out_dir} (same weights, prompts and settings)", flush=True)
         return SamplingResult(read_samples(out_dir), read_done(out_dir)["report"], reused=True)
     (out_dir / DONE).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,12 +116,17 @@ def sample(job: SamplingJob, *, label: str = "sampler", checkpoint_fingerprint: 
     prompts_path = out_dir / "prompts.jsonl"
     write_text_atomic(prompts_path, jsonl_text(job.prompts))
     command = sampler_command(job, prompts_path)
-    result = subprocess.run(command)
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
+        sys.stderr.write(result.stdout)
         raise RuntimeError(
             f"the sampler process failed on {job.checkpoint} (exit {result.returncode}); its message is above; "
             f"command: {' '.join(command)}"
         )
     report = json.loads((out_dir / "sampling_report.json").read_text())
     finish(out_dir, key, fingerprint(read_jsonl(out_dir / "samples.jsonl")), {"report": report})
+    if not quiet:
+        from drift.sampler.process import format_report
+
+        print(f"{label}: {format_report(report)}", flush=True)
     return SamplingResult(read_samples(out_dir), report, reused=False)

@@ -3,7 +3,6 @@ and a killed sampler leaves no samples file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import numpy as np
 
 from drift.config import SamplerConfig
 from drift.data.prompts import render_prompt_ids
+from drift.fingerprint import fingerprint
 from drift.model import build_byte_tokenizer
 from drift.sampler.process import (
     REJECTS_FILE,
@@ -52,14 +52,14 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
     assert [(s["prompt_id"], s["sample_index"]) for s in samples] == [
         (f"case-{i}#guided", index) for i in range(5) for index in (0, 1)]
     tokenizer = build_byte_tokenizer()
-    fingerprint = checkpoint_fingerprint(checkpoint)
+    weights = checkpoint_fingerprint(checkpoint)
     messages = {row["prompt_id"]: row["messages"] for row in read_jsonl(prompts)}
     for sample in samples:
         assert set(sample) == ROW_KEYS
         ids, _ = render_prompt_ids(messages[sample["prompt_id"]], tokenizer, max_prompt_tokens=128, keep_last=1)
-        assert sample["prompt_hash"] == hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
+        assert sample["prompt_hash"] == fingerprint(np.asarray(ids, dtype=np.int64), length=64)
         assert sample["seed"] == sample_seed(3, sample["prompt_id"], sample["sample_index"], sample["attempts"] - 1)
-        assert sample["checkpoint_fingerprint"] == fingerprint and sample["backend"] == "hf"
+        assert sample["checkpoint_fingerprint"] == weights and sample["backend"] == "hf"
         assert sample["text"] and sample["text"] == sample["text"].strip() and "<|" not in sample["text"]
         assert sample["finish_reason"] in ("eos", "length") and 1 <= sample["num_tokens"] <= 10
     # two samples of one prompt are two draws
@@ -70,7 +70,7 @@ def test_sampler_process_writes_samples_exits_and_a_rerun_reproduces_them(checkp
     assert "over the budget of 128 tokens" in rejects[0]["detail"]
     report = json.loads((out_dir / REPORT_FILE).read_text())
     assert report["samples"] == 10 and report["requested_samples"] == 12 and report["backend"] == "hf"
-    assert report["tokens_per_second"] > 0 and report["checkpoint_fingerprint"] == fingerprint
+    assert report["tokens_per_second"] > 0 and report["checkpoint_fingerprint"] == weights
 
     # a rerun with the same seeds, in-process this time, samples the same replies
     rerun = tmp_path / "rerun"
