@@ -69,9 +69,17 @@ if [ -n "$OFFLINE" ]; then
     exit 2
   fi
   if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv --system-site-packages .venv
+    # a python without ensurepip (Debian's python3 without python3-venv) makes a venv without pip,
+    # which the node's own pip then installs into (pip >= 22.3: --python)
+    "$PYTHON" -m venv --system-site-packages .venv 2>/dev/null \
+      || { rm -rf .venv && "$PYTHON" -m venv --system-site-packages --without-pip .venv; }
   fi
-  .venv/bin/python -m pip install "${PIP_QUIET[@]}" --no-index --no-deps --find-links "$OFFLINE/wheels" \
+  if .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    VENV_PIP=(.venv/bin/python -m pip)
+  else
+    VENV_PIP=("$PYTHON" -m pip --python .venv/bin/python)
+  fi
+  "${VENV_PIP[@]}" install "${PIP_QUIET[@]}" --no-index --no-deps --find-links "$OFFLINE/wheels" \
     -r "$OFFLINE/requirements.txt"
   .venv/bin/python - <<'PY'
 import importlib.util

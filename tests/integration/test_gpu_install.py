@@ -125,8 +125,8 @@ def test_offline_setup_installs_the_bundle_with_no_index(tmp_path):
     (bundle / "requirements.txt").write_text("hydra-core==1.3.8\n")
     result = _run(script, "--offline", str(bundle))
     assert result.returncode == 0, result.stderr
-    install = shlex.split(log.read_text().splitlines()[0])
-    assert install[:3] == ["-m", "pip", "install"] and "--no-index" in install and "--no-deps" in install
+    (install,) = [shlex.split(line) for line in log.read_text().splitlines() if line.startswith("-m pip install")]
+    assert "--no-index" in install and "--no-deps" in install
     assert install[install.index("--find-links") + 1] == str(bundle / "wheels")
     assert install[install.index("-r") + 1] == str(bundle / "requirements.txt")
 
@@ -136,3 +136,29 @@ def test_offline_setup_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     assert result.returncode == 2
     assert "is not a bundle" in result.stderr and "offline_bundle.py" in result.stderr
     assert not (tmp_path / ".venv").exists()
+
+
+def test_offline_setup_installs_with_the_nodes_pip_where_the_venv_has_none(tmp_path):
+    # a node python without ensurepip: `venv` fails, `venv --without-pip` works, and the node's pip
+    # installs into the venv with --python
+    script = _copy_setup(tmp_path)
+    log = tmp_path / "calls.log"
+    node = tmp_path / "node-python"
+    node.write_text(f"""#!/bin/sh
+echo "node $*" >> {log}
+case "$*" in
+  "-m venv --system-site-packages .venv") exit 1 ;;
+  "-m venv --system-site-packages --without-pip .venv")
+    mkdir -p .venv/bin && printf '#!/bin/sh\\ncase "$*" in "-m pip --version") exit 1 ;; esac\\necho "venv $*" >> {log}\\ncat > /dev/null\\n' > .venv/bin/python
+    chmod +x .venv/bin/python ;;
+esac
+""")
+    node.chmod(0o755)
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "requirements.txt").write_text("hydra-core==1.3.8\n")
+    result = _run(script, "--offline", str(bundle), PYTHON=str(node))
+    assert result.returncode == 0, result.stderr
+    installs = [shlex.split(line) for line in log.read_text().splitlines() if " install " in line]
+    assert len(installs) == 1 and installs[0][:6] == ["node", "-m", "pip", "--python", ".venv/bin/python", "install"]
+    assert "--no-index" in installs[0]
