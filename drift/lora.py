@@ -170,13 +170,14 @@ def load_adapter_weights(causal_lm: nn.Module, folder: Path) -> None:
 
     saved = load_file(Path(folder) / WEIGHTS_FILE)
     state = {model_key(key): value for key, value in saved.items()}
-    wanted = {name for name, _ in causal_lm.named_parameters() if is_adapter_key(name)}
-    if set(state) != wanted:
-        missing, extra = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    wanted = {name: tuple(p.shape) for name, p in causal_lm.named_parameters() if is_adapter_key(name)}
+    misfits = sorted(set(wanted) ^ set(state)) + sorted(
+        name for name in set(wanted) & set(state) if tuple(state[name].shape) != wanted[name])
+    if misfits:
         raise ConfigError(
-            f"{folder / WEIGHTS_FILE} does not fit model.lora here ({len(missing)} adapter tensors missing, e.g. "
-            f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]}): the stage it came from used other "
-            f"model.lora settings; train again (resume=retrain) or use a new run_name"
+            f"{Path(folder) / WEIGHTS_FILE} does not fit model.lora here ({len(misfits)} adapter tensors missing, "
+            f"unexpected or of another shape, e.g. {misfits[0]}): the stage it came from used other model.lora "
+            f"settings; train again from there (resume=retrain) or use a new run_name"
         )
     causal_lm.load_state_dict(state, strict=False)
 
