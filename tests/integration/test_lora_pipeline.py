@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
-    "model=tiny", "model.lora.rank=16", "method=drift", "method.warmstart_epochs=1", "method.iterations=2",
+    "model=tiny", "data=fixture", "model.lora.rank=16", "method=drift", "method.warmstart_epochs=1", "method.iterations=2",
     "sampler.max_new_tokens=8", "sampler.truncated=keep", "trainer.max_length=3072", "trainer.max_prompt_length=2048",
     "trainer.lr=1e-3", "trainer.per_device_batch_size=2", "eval.stages=none",
     # fp32: the comparisons below are exact to fp32 rounding (in bf16 the frozen base is its bf16 rounding)
@@ -23,12 +25,24 @@ OVERRIDES = [
 ]
 
 
-def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_same_logits(tmp_path):
+def _main_job(output_dir: Path, *extra: str, kill: str = "") -> subprocess.CompletedProcess:
+    """The main job; kill="STAGE:STEP" SIGKILLs it right after that step's checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "launch/train.py", *OVERRIDES, f"output_dir={tmp_path}"],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    entry = ["tests/kill_after_checkpoint.py", kill, "launch/train.py"] if kill else ["launch/train.py"]
+    return subprocess.run([sys.executable, *entry, *OVERRIDES, *extra, f"output_dir={output_dir}"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("lora_main_job")
+    result = _main_job(output_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "lora"
+    return output_dir / "lora"
+
+
+def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_same_logits(lora_run):
+    run = lora_run
     final = run / "iter_2" / "train" / "model"
     assert json.loads((run / "summary.json").read_text())["model"] == str(final)
 
@@ -53,8 +67,6 @@ def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_
     assert (base_logits - plain_logits).abs().max() > 1e-3  # the adapter changed the model
 
     # every stage trained the adapter on: the three stages' adapters all differ
-    from safetensors.torch import load_file
-
     adapters = [load_file(run / stage / "train" / "adapter" / "adapter_model.safetensors") for stage in ("iter_0", "iter_1", "iter_2")]
     for earlier, later in zip(adapters, adapters[1:]):
         assert sorted(earlier) == sorted(later)
@@ -82,3 +94,18 @@ def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_
     assert sorted(recomputed) == sorted(sequence.key for sequence in sequences)
     for key, value in recomputed.items():
         assert abs(cached[key] - value) <= 1e-4 * max(1.0, abs(value)), key
+
+
+def test_a_lora_run_killed_mid_iteration_resumes_to_the_same_adapter_and_model(lora_run, tmp_path):
+    # the resumable checkpoint holds the frozen base's shards, the adapter and the adapter's optimizer state
+    killed = _main_job(tmp_path, "trainer.save_every_steps=1", kill="iter_1:3")
+    assert killed.returncode != 0
+    partial = tmp_path / "lora"
+    assert (partial / "iter_1/train/checkpoint/trainer_state.json").exists() and not (partial / "iter_1/train/done").exists()
+    again = _main_job(tmp_path, "trainer.save_every_steps=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for file in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
+        expected, actual = load_file(lora_run / "iter_2/train" / file), load_file(partial / "iter_2/train" / file)
+        assert sorted(expected) == sorted(actual)
+        for name in expected:
+            assert torch.equal(expected[name], actual[name]), (file, name)
