@@ -149,9 +149,16 @@ def attach(causal_lm: nn.Module, lora_cfg, *, base: str, seed: int, model_name: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft.inject_adapter_in_model(peft_config(lora_cfg, base, targets), causal_lm, adapter_name=ADAPTER_NAME)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     for name, module in causal_lm.named_modules():
         if name.rpartition(".")[2] in FACTORS:
             module.float()  # fp32 master weights; the base keeps its (compute) dtype
+        if isinstance(module, BaseTunerLayer):
+            # one process computing in bf16 runs under autocast, which casts the fp32 adapter (once per
+            # forward); PEFT's own cast of the input up to the adapter's fp32 would make every adapted
+            # projection keep a copy of its input for backward (FSDP hands the adapter over in bf16 anyway)
+            module.cast_input_dtype_enabled = False
     set_trainable(causal_lm, True)
     if adapter is not None:
         load_adapter_weights(causal_lm, adapter)

@@ -234,3 +234,46 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients():
     assert sorted(plain) == sorted(checkpointed) and all(g.abs().max() > 0 for g in plain.values())
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_one_process_under_autocast_keeps_one_copy_of_each_adapted_input():
+    """A bf16 base with an fp32 adapter under autocast (one process computing in bf16) saves what the
+    same model with a bf16 adapter saves (FSDP's case, where no cast happens): no per-projection copy
+    of an input cast up to fp32 and back."""
+    from drift.parallel import sequence_logps
+    from drift.tokenize import collate_sequences
+
+    def saved_bytes(adapter_dtype: torch.dtype, peft_cast: bool = False) -> int:
+        cfg = _model_cfg("qwen2")
+        model = lora.attach(_tiny(cfg, torch.bfloat16), cfg.lora, base="tiny:qwen2", seed=0, model_name=cfg.name_or_path)
+        _randomize_adapter(model)
+        for module in model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = peft_cast
+        for name, parameter in model.named_parameters():
+            if lora.is_adapter_key(name):
+                parameter.data = parameter.data.to(adapter_dtype)
+        wrapper = SequenceLogprobModel(model, "chunked").train()
+        wrapper.autocast_dtype = torch.bfloat16
+        parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(tensor):
+            pointer = tensor.untyped_storage().data_ptr()
+            if pointer not in parameters:
+                storages[pointer] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        batch = collate_sequences(_sequences(3), build_byte_tokenizer().pad_token_id, packed=True, share_prompts=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            sequence_logps(wrapper, batch)
+        return sum(storages.values())
+
+    fp32_adapter, bf16_adapter = saved_bytes(torch.float32), saved_bytes(torch.bfloat16)
+    # autocast's bf16 copies of the adapter's weights are the only difference: rank 4 x 2 layers x 2 bytes
+    # x (in + out) of the 7 projections of tiny:qwen2 (hidden 64, 2 KV heads of 16, MLP 128)
+    projections = ((64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64))
+    adapter_bytes = 4 * 2 * 2 * sum(fan_in + fan_out for fan_in, fan_out in projections)
+    assert 0 <= fp32_adapter - bf16_adapter <= adapter_bytes
+    # PEFT's default (the input cast up to fp32) would keep more than that: a copy per adapted projection
+    assert saved_bytes(torch.float32, peft_cast=True) - bf16_adapter > 2 * adapter_bytes
