@@ -102,6 +102,16 @@ class Arch:
     def total_params(self) -> int:
         return self.layers * self.layer_params() + self.root_params()
 
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """Each decoder layer's linear layers: name -> (in, out) features (what LoRA adapts)."""
+        h, i = self.hidden, self.intermediate
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim), "o_proj": (self.q_dim, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def adapter_layer_params(self, rank: int, targets: tuple[str, ...]) -> int:
+        """A LoRA adapter's parameters in one layer: A [rank, in] and B [out, rank] per adapted projection."""
+        return sum(rank * (fan_in + fan_out) for name, (fan_in, fan_out) in self.projections().items() if name in targets)
+
 
 def read_arch(path: Path) -> Arch:
     """An HF config.json (a multimodal one's text_config) -> Arch."""
@@ -154,10 +164,17 @@ class Setting:
     # trainer.accumulate_sharded_grads: every micro-batch reduce-scatters (sharded fp32 gradients
     # between micro-batches); false: FSDP keeps an unsharded fp32 gradient of every parameter instead
     sharded_accumulation: bool = True
+    # model.lora: the adapter's rank (0: full-weight training), the projections it adapts, dropout > 0
+    lora_rank: int = 0
+    lora_targets: tuple[str, ...] = ()
+    lora_dropout: bool = False
 
     @property
     def compute_bytes(self) -> int:
         return 2 if self.device == "cuda" else 4
+
+    def adapts(self, *names: str) -> bool:
+        return any(name in self.lora_targets for name in names)
 
 
 # ---- activations --------------------------------------------------------------------------------
@@ -172,6 +189,8 @@ def layer_activation_bytes(arch: Arch, s: Setting) -> int:
     output is also copied to a contiguous tensor for o_proj. The gated MLP saves gate, up, the
     activation and their product.
     """
+    if s.lora_rank:
+        return adapted_layer_activation_bytes(arch, s)
     t, h, b = s.tokens, arch.hidden, s.compute_bytes
     attention = b * t * (2 * arch.q_dim + 2 * arch.kv_dim) + 4 * arch.heads * t
     if s.device == "cpu":
@@ -186,15 +205,47 @@ def layer_activation_bytes(arch: Arch, s: Setting) -> int:
     return norms + attention + mlp
 
 
+def adapted_layer_activation_bytes(arch: Arch, s: Setting) -> int:
+    """The same under LoRA (model.lora). A frozen weight needs no input for its own gradient, so autograd
+    keeps a projection's input only where an adapter reads it: with dropout 0, one copy per distinct
+    input (q/k/v share the normed hidden state, gate/up the other one; o_proj reads the attention
+    output, which on GPU is the tensor attention saves anyway; down_proj the gated product); with
+    dropout, each adapted projection keeps its own dropped-out input and the dropout's mask instead. The
+    frozen norms' weight multiply keeps nothing; each adapter keeps its [tokens, rank] A output for
+    B's gradient (dropout's mask: a byte per element from CUDA's fused kernel, a float on a CPU). Attention and the MLP's activation keep what they need for their inputs' gradient."""
+    t, h, b, i = s.tokens, arch.hidden, s.compute_bytes, arch.intermediate
+    attention = b * t * (2 * arch.q_dim + 2 * arch.kv_dim) + 4 * arch.heads * t
+    if s.device == "cpu":
+        attention += 2 * b * s.gathered_kv_tokens * arch.kv_dim
+    mlp = 3 * b * t * i  # the activation's input, its output and up's output (the product's inputs)
+    if arch.family == "llama":
+        norms = 2 * (4 * t * h + 4 * t)  # each norm's fp32 input and rsqrt
+    else:
+        norms = 4 * 4 * t * h + 4 * t * (arch.q_dim + arch.kv_dim)  # Gemma's fp32 inputs, q/k norms' too
+    projections = arch.projections()
+    adapted = [name for name in projections if s.adapts(name)]
+    inputs = b * s.lora_rank * t * len(adapted)  # the A outputs
+    if s.lora_dropout:
+        # its output, and its mask: one byte from CUDA's fused dropout, a float noise tensor on a CPU
+        mask = 1 if s.device == "cuda" else b
+        inputs += sum((b + mask) * t * projections[name][0] for name in adapted)
+    else:
+        o_proj_input = b * t * arch.q_dim if s.device == "cpu" else 0  # the CPU's contiguous copy
+        inputs += (b * t * h * s.adapts("q_proj", "k_proj", "v_proj") + o_proj_input * s.adapts("o_proj")
+                   + b * t * h * s.adapts("gate_proj", "up_proj") + b * t * i * s.adapts("down_proj"))
+    return norms + attention + mlp + inputs
+
+
 def layer_backward_transient_bytes(arch: Arch, s: Setting) -> int:
     """Gradients alive while a layer back-propagates: the MLP's three [T, I] and the residual's two [T, H]."""
     return s.compute_bytes * s.tokens * (3 * arch.intermediate + 2 * arch.hidden)
 
 
 def head_saved_bytes(arch: Arch, s: Setting) -> int:
-    """The final norm's saved tensors, the scored hidden states the kernel keeps, and its fp32 logsumexp."""
+    """The final norm's saved tensors, the scored hidden states the kernel keeps, and its fp32 logsumexp.
+    Under LoRA the norm's weight is frozen: its multiply keeps nothing."""
     t, n, h, b = s.tokens, s.scored, arch.hidden, s.compute_bytes
-    return 4 * t * h + b * t * h + b * n * h + 4 * n
+    return 4 * t * h + (0 if s.lora_rank else b * t * h) + b * n * h + 4 * n
 
 
 def head_backward_bytes(arch: Arch, s: Setting) -> tuple[int, int]:
@@ -216,11 +267,12 @@ def head_backward_bytes(arch: Arch, s: Setting) -> tuple[int, int]:
 # ---- the phases of a step -----------------------------------------------------------------------
 
 ROWS = (
-    ("params_master", "parameters: fp32 master, sharded 1/{n}"),
+    ("params_base", "frozen base weights: {dtype}, {sharded}"),
+    ("params_master", "{trained}: fp32 master, {sharded}"),
     ("params_gathered", "parameters: {dtype} copies gathered (root + {layers} layer(s))"),
-    ("grads_sharded", "gradients: fp32, sharded 1/{n}"),
+    ("grads_sharded", "gradients: fp32, {sharded}"),
     ("grads_unsharded", "gradients: unsharded in flight (lm_head/root, one layer)"),
-    ("optimizer", "optimizer state: {optimizer}, fp32, sharded 1/{n}"),
+    ("optimizer", "optimizer state: {optimizer}, fp32, {sharded}"),
     ("activations_saved", "activations saved for backward ({saved})"),
     ("activations_layer", "activations: the layer in backward (recomputed) + its grads"),
     ("head", "log-prob head: saved hidden, grad buffers (no logits)"),
@@ -232,6 +284,8 @@ ROWS = (
 
 def step_phases(arch: Arch, s: Setting) -> dict[str, dict[str, float]]:
     """Bytes per rank in each phase of the step, by row of ROWS."""
+    if s.lora_rank:
+        return adapted_step_phases(arch, s)
     n, b = s.nproc, s.compute_bytes
     total, layer, root = arch.total_params(), arch.layer_params(), arch.root_params()
     master = 4 * total / n
@@ -271,6 +325,55 @@ def step_phases(arch: Arch, s: Setting) -> dict[str, dict[str, float]]:
             optimizer_temp=(4 * total / n) if s.device == "cuda" else 4 * arch.vocab * arch.hidden / n,
         ),
     }
+    return with_allowance(phases, s)
+
+
+def adapted_step_phases(arch: Arch, s: Setting) -> dict[str, dict[str, float]]:
+    """The phases under LoRA (drift.lora): the frozen base in the compute dtype, sharded 1/N (one
+    process: all of it), gathered a unit at a time as full weights are, without a cast; the adapter's
+    fp32 master, gradients and optimizer state sharded; no gradient for the base, the embeddings or the
+    head, so the root has nothing to reduce-scatter. One process runs without FSDP: the base stays
+    whole on the device and autocast keeps compute-dtype copies of the (small) adapter."""
+    n, b = s.nproc, s.compute_bytes
+    total, layer, root = arch.total_params(), arch.layer_params(), arch.root_params()
+    adapter_layer = arch.adapter_layer_params(s.lora_rank, s.lora_targets)
+    adapter = arch.layers * adapter_layer
+    common = dict(params_base=b * total / n, params_master=4 * adapter / n,
+                  optimizer=OPTIMIZER_STATES[s.optimizer] * 4 * adapter / n)
+    accumulated_grads = 4 * adapter / n if s.accumulated else 0.0
+    if n > 1:
+        gathered_root, gathered_layer = b * root, b * (layer + adapter_layer)
+        gather_input = gathered_layer / n
+    else:
+        gathered_root, gathered_layer, gather_input = 0.0, (b * adapter if b != 4 else 0.0), 0.0
+    layers_in_backward = 2 if n > 1 else 1
+    saved_layer = layer_activation_bytes(arch, s)
+    if s.checkpointing:
+        saved_all, in_backward = arch.layers * b * s.tokens * arch.hidden, saved_layer
+    else:
+        saved_all, in_backward = arch.layers * saved_layer, 0
+    head_transient, _ = head_backward_bytes(arch, s)  # the head's weight is frozen: no gradient for it
+    phases = {
+        "head backward": dict(
+            common, params_gathered=gathered_root + gathered_layer, grads_sharded=accumulated_grads,
+            activations_saved=saved_all, head=head_saved_bytes(arch, s) + head_transient, collectives=gather_input,
+        ),
+        "last layer's backward": dict(
+            common, params_gathered=gathered_root + layers_in_backward * gathered_layer if n > 1 else gathered_layer,
+            grads_sharded=accumulated_grads, grads_unsharded=b * adapter_layer, activations_saved=saved_all,
+            activations_layer=in_backward + layer_backward_transient_bytes(arch, s),
+            collectives=(4 * adapter_layer + gather_input) if n > 1 else 0.0,
+        ),
+        "optimizer step": dict(
+            common, grads_sharded=4 * adapter / n,
+            optimizer_temp=(4 * adapter / n) if s.device == "cuda" else 4 * max(arch.projections()[name][0] * s.lora_rank
+                                                                             for name in s.lora_targets),
+        ),
+    }
+    return with_allowance(phases, s)
+
+
+def with_allowance(phases: dict[str, dict[str, float]], s: Setting) -> dict[str, dict[str, float]]:
     for rows in phases.values():
         tensors = sum(rows.values())
         rows["allowance"] = CUDA_CONTEXT_AND_NCCL_BYTES + FRAGMENTATION * tensors if s.device == "cuda" else 0.0
@@ -311,6 +414,19 @@ class Plan:
     gpu_memory_bytes: float
     sampler_utilization: float
     tensor_parallel: int
+
+
+def adapter_fields(lora_cfg) -> dict:
+    """The Setting's LoRA fields from model.lora (all-linear: every projection of a decoder layer)."""
+    if lora_cfg.rank == 0:
+        return {}
+    known = tuple(Arch("llama", 1, 1, 1, 1, 1, 1, 1, False, False).projections())
+    targets = known if list(lora_cfg.target_modules) == ["all-linear"] else tuple(lora_cfg.target_modules)
+    unknown = [name for name in targets if name not in known]
+    if unknown:
+        raise SystemExit(f"memory_plan: model.lora.target_modules names {', '.join(unknown)}; the plan models "
+                         f"{', '.join(known)} (or all-linear)")
+    return dict(lora_rank=lora_cfg.rank, lora_targets=targets, lora_dropout=lora_cfg.dropout > 0)
 
 
 def parse_argv(argv: list[str]) -> tuple[dict, list[str]]:
@@ -361,7 +477,7 @@ def plan_from_overrides(argv: list[str]) -> Plan:
     setting = Setting(
         nproc=nproc, device=device, optimizer=t.optimizer, checkpointing=m.gradient_checkpointing, tokens=tokens,
         scored=tokens, gathered_kv_tokens=0, accumulated=forwards > 1,
-        sharded_accumulation=getattr(t, "accumulate_sharded_grads", True),
+        sharded_accumulation=getattr(t, "accumulate_sharded_grads", True), **adapter_fields(m.lora),
     )
     return Plan(m.name, arch, setting, t.per_device_batch_size, t.max_length, t.grad_accum_steps,
                 float(ours["gpu_memory_gb"]) * GB, config.sampler.gpu_memory_utilization, config.sampler.tensor_parallel_size)
@@ -373,9 +489,13 @@ def format_plan(plan: Plan) -> str:
     (name, rows, peak), (other_name, other_rows, other_peak) = peak_phase(arch, s), peak_phase(arch, other)
     dtype = "bf16" if s.device == "cuda" else "fp32"
     on, off = ("on", "off") if s.checkpointing else ("off", "on")
+    adapter = arch.layers * arch.adapter_layer_params(s.lora_rank, s.lora_targets)
+    trained = (f"{dtype} compute over fp32 master weights" if not s.lora_rank else
+               f"LoRA rank {s.lora_rank} on {', '.join(s.lora_targets)} ({adapter / 1e6:.1f}M adapter parameters, fp32), "
+               f"the base frozen in {dtype}")
     lines = [
         f"memory plan: {plan.model} ({arch.total_params() / 1e9:.2f}B parameters, {arch.layers} layers), {s.nproc} rank(s), "
-        f"{dtype} compute over fp32 master weights, {s.optimizer}",
+        f"{trained}, {s.optimizer}",
         f"micro-batch: {plan.batch_pairs} pairs x 2 sequences x {plan.max_length} tokens = {s.tokens} tokens (upper bound), "
         f"accumulation {plan.accum}",
         "",
@@ -383,9 +503,15 @@ def format_plan(plan: Plan) -> str:
     ]
     gathered_layers = {"head backward": 1, "last layer's backward": 2}.get(name, 0)
     fields = dict(n=s.nproc, dtype=dtype, optimizer=s.optimizer, frag=FRAGMENTATION,
-                  layers=gathered_layers, saved="per layer: its input" if s.checkpointing else "every layer")
-    for key, label in ROWS:
-        if key == "allowance" and s.device != "cuda":
+                  layers=gathered_layers, saved="per layer: its input" if s.checkpointing else "every layer",
+                  trained="adapter" if s.lora_rank else "parameters",
+                  sharded=f"sharded 1/{s.nproc}" if s.nproc > 1 else "whole (one process)")
+    labels = dict(ROWS)
+    if s.lora_rank and s.nproc == 1:
+        labels["params_gathered"] = "adapter: {dtype} copies under autocast (no FSDP)"
+    for key, _ in ROWS:
+        label = labels[key]
+        if (key == "allowance" and s.device != "cuda") or (key == "params_base" and not s.lora_rank):
             continue
         lines.append(f"{label.format(**fields):<66} {rows.get(key, 0) / GB:>9.2f} {other_rows.get(key, 0) / GB:>9.2f}")
     lines.append(f"{'peak (' + name + ' / ' + other_name + ')':<66} {peak / GB:>9.1f} {other_peak / GB:>9.1f}")
@@ -408,6 +534,8 @@ def plan_summary(plan: Plan) -> dict:
     on = replace(plan.setting, checkpointing=True)
     off = replace(plan.setting, checkpointing=False)
     summary = dict(model=plan.model, params=plan.arch.total_params(), nproc=plan.setting.nproc,
+                   lora_rank=plan.setting.lora_rank, lora_targets=list(plan.setting.lora_targets),
+                   adapter_params=plan.arch.layers * plan.arch.adapter_layer_params(plan.setting.lora_rank, plan.setting.lora_targets),
                    peak_gb_checkpointing=peak_phase(plan.arch, on)[2] / GB,
                    peak_gb_no_checkpointing=peak_phase(plan.arch, off)[2] / GB)
     if plan.setting.device == "cuda":
@@ -429,7 +557,25 @@ VALIDATION_CASES = (
          batch=4, max_length=384, prompt=64, accum=1, checkpointing=False),
     dict(name="qwen2_h768_l4_ckpt_accum2", family="qwen2", hidden=768, layers=4, heads=12, kv_heads=4,
          intermediate=2048, batch=2, max_length=768, prompt=64, accum=2, checkpointing=True),
+    # model.lora: the frozen base sharded (or whole, on one rank), the adapter and its state in fp32
+    dict(name="qwen2_h768_l4_lora16", family="qwen2", hidden=768, layers=4, heads=12, kv_heads=4, intermediate=2048,
+         batch=4, max_length=384, prompt=64, accum=1, checkpointing=False, lora_rank=16),
+    dict(name="llama_h512_l8_lora16_ckpt", family="llama", hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1536,
+         batch=2, max_length=512, prompt=16, accum=1, checkpointing=True, lora_rank=16),
+    dict(name="llama_h512_l8_lora8_qv_dropout", family="llama", hidden=512, layers=8, heads=8, kv_heads=4,
+         intermediate=1536, batch=2, max_length=512, prompt=16, accum=1, checkpointing=False, lora_rank=8,
+         lora_targets=["q_proj", "v_proj"], lora_dropout=0.1),
+    dict(name="qwen2_h768_l4_lora16_ckpt_accum2_1rank", family="qwen2", hidden=768, layers=4, heads=12, kv_heads=4,
+         intermediate=2048, batch=2, max_length=768, prompt=64, accum=2, checkpointing=True, lora_rank=16, nproc=1),
 )
+
+
+def lora_overrides(case: dict) -> list[str]:
+    if not case.get("lora_rank"):
+        return []
+    targets = ",".join(case.get("lora_targets", ["all-linear"]))
+    return [f"model.lora.rank={case['lora_rank']}", f"model.lora.dropout={case.get('lora_dropout', 0.0)}",
+            f"model.lora.target_modules=[{targets}]"]
 
 
 def case_overrides(case: dict, output_dir: str) -> list[str]:
@@ -440,7 +586,7 @@ def case_overrides(case: dict, output_dir: str) -> list[str]:
         f"trainer.per_device_batch_size={case['batch']}", f"trainer.max_length={case['max_length']}",
         f"trainer.max_prompt_length={case['prompt']}", f"trainer.grad_accum_steps={case['accum']}",
         "trainer.device=cpu", "trainer.precision=fp32", "logging.wandb_mode=disabled", "logging.progress_bar=false",
-        f"output_dir={output_dir}",
+        f"output_dir={output_dir}", *lora_overrides(case),
     ]
 
 
@@ -481,6 +627,7 @@ def case_setting(case: dict, nproc: int) -> tuple[Arch, Setting]:
         nproc=nproc, device="cpu", optimizer=config.trainer.optimizer, checkpointing=case["checkpointing"],
         tokens=batch.num_positions, scored=int(batch.target_ids.numel()), gathered_kv_tokens=gathered,
         accumulated=case["accum"] > 1, sharded_accumulation=getattr(config.trainer, "accumulate_sharded_grads", True),
+        **adapter_fields(config.model.lora),
     )
     return arch, setting
 
@@ -507,8 +654,8 @@ def measure_case(case: dict, out_path: Path) -> None:
 
     from drift.compose import compose
     from drift.config import Config
-    from drift.model import load_tokenizer
     from drift.io import write_json_atomic
+    from drift.model import load_tokenizer
     from drift.parallel import barrier, init_runtime
     from drift.train import Stage, StageTrainer
 
@@ -559,12 +706,13 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
 
     rows = []
     for case in VALIDATION_CASES:
-        arch, setting = case_setting(case, nproc)
+        ranks = case.get("nproc", nproc)
+        arch, setting = case_setting(case, ranks)
         name, plan_rows, plan_peak = peak_phase(arch, setting)
         with tempfile.TemporaryDirectory(prefix="memory_plan_") as work:
             result_path = Path(work) / "result.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
-            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
                        str(Path(__file__).resolve()), "--measure", json.dumps(case), "--measure-out", str(result_path)]
             print(f"measuring {case['name']} ({arch.total_params() / 1e6:.1f}M parameters, {setting.tokens} tokens "
                   f"per forward) ...", file=sys.stderr, flush=True)
@@ -574,9 +722,9 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
             ranks = [json.loads(p.read_text()) for p in sorted(Path(work).glob("result.json.rank*"))]
         measured_peak = max(r["step2"]["peak"] for r in ranks)
         measured_state = max(r["step2"]["resident_at_start"] for r in ranks)
-        plan_state = plan_rows["params_master"] + plan_rows["optimizer"]
+        plan_state = plan_rows["params_master"] + plan_rows["optimizer"] + plan_rows.get("params_base", 0.0)
         rows.append(dict(
-            case=case, params=arch.total_params(), tokens_per_forward=setting.tokens, scored=setting.scored,
+            case=case, nproc=ranks, params=arch.total_params(), tokens_per_forward=setting.tokens, scored=setting.scored,
             plan_peak_phase=name, plan_peak_bytes=plan_peak, plan_rows=plan_rows, measured_peak_bytes=measured_peak,
             peak_ratio=measured_peak / plan_peak, plan_state_bytes=plan_state, measured_state_bytes=measured_state,
             state_ratio=measured_state / plan_state, ranks=ranks,
@@ -587,7 +735,8 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
                   "resident memory before StageTrainer.setup (taken after the same setup and step ran once on a "
                   "minuscule model, so first-use costs are not counted); MALLOC_MMAP_THRESHOLD_=65536 so freed "
                   "tensors leave resident memory; the largest rank"),
-        state=("resident at the start of the second step (master shards + optimizer state; gradients were freed) "
+        state=("resident at the start of the second step (master shards + optimizer state, and under LoRA the frozen "
+               "base's shards; gradients were freed) "
                "against the plan's parameters + optimizer rows"),
         within_20_percent=all(abs(r["peak_ratio"] - 1) <= 0.2 for r in rows),
         rows=rows,
@@ -597,11 +746,11 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
 
 
 def format_validation(report: dict) -> str:
-    lines = [f"{'case':<28} {'params':>7} {'tokens':>6} {'plan MB':>8} {'measured MB':>11} {'ratio':>6} "
+    lines = [f"{'case':<38} {'ranks':>5} {'params':>7} {'tokens':>6} {'plan MB':>8} {'measured MB':>11} {'ratio':>6} "
              f"{'state plan':>10} {'measured':>8}  plan's peak phase"]
     for r in report["rows"]:
         lines.append(
-            f"{r['case']['name']:<28} {r['params'] / 1e6:>6.1f}M {r['tokens_per_forward']:>6} {r['plan_peak_bytes'] / 1e6:>8.0f} "
+            f"{r['case']['name']:<38} {r.get('nproc', report['nproc']):>5} {r['params'] / 1e6:>6.1f}M {r['tokens_per_forward']:>6} {r['plan_peak_bytes'] / 1e6:>8.0f} "
             f"{r['measured_peak_bytes'] / 1e6:>11.0f} {r['peak_ratio']:>6.2f} {r['plan_state_bytes'] / 1e6:>10.0f} "
             f"{r['measured_state_bytes'] / 1e6:>8.0f}  {r['plan_peak_phase']}"
         )

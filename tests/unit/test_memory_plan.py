@@ -76,16 +76,36 @@ def _saved_tensor_bytes(run) -> int:
 def test_saved_activations_match_autograd(family, share_prompts):
     """One forward of a packed micro-batch through the trainer's model (CPU, fp32): what autograd
     saves, minus the parameters, against the plan's layers + head."""
-    from drift.config import ModelConfig
+    saved, planned = _saved_and_planned(family, share_prompts)
+    assert saved == pytest.approx(planned, rel=0.1)
+
+
+@pytest.mark.parametrize("family,share_prompts,lora", [
+    ("llama", False, dict(rank=8)),
+    ("qwen2", True, dict(rank=4, target_modules=["q_proj", "v_proj", "down_proj"], dropout=0.1)),
+    ("qwen2", True, dict(rank=16, target_modules=["o_proj", "gate_proj"])),
+])
+def test_saved_activations_under_lora_match_autograd(family, share_prompts, lora):
+    """The same with a LoRA adapter (drift.lora): the frozen weights keep fewer inputs, the adapter its own."""
+    saved, planned = _saved_and_planned(family, share_prompts, lora)
+    assert saved == pytest.approx(planned, rel=0.1)
+
+
+def _saved_and_planned(family: str, share_prompts: bool, lora: dict | None = None) -> tuple[int, int]:
+    """(bytes autograd saves in one forward of the trainer's model, bytes the plan says)."""
+    from drift import lora as adapters
+    from drift.config import LoraConfig, ModelConfig
     from drift.model import build_byte_tokenizer, load_model
     from drift.parallel import SequenceLogprobModel
     from drift.tokenize import TokenSequence, collate_sequences
 
     model_cfg = ModelConfig(name="tiny", name_or_path=f"tiny:{family}", tiny_hidden_size=128, tiny_layers=3,
-                            tiny_heads=4, tiny_kv_heads=2, tiny_intermediate_size=352)
+                            tiny_heads=4, tiny_kv_heads=2, tiny_intermediate_size=352, lora=LoraConfig(**(lora or {})))
     tokenizer = build_byte_tokenizer()
-    model = SequenceLogprobModel(load_model(model_cfg, dtype=torch.float32, seed=0, vocab_size=len(tokenizer)),
-                                 "chunked", packed=True, share_prompts=share_prompts)
+    causal_lm = load_model(model_cfg, dtype=torch.float32, seed=0, vocab_size=len(tokenizer))
+    if lora:
+        causal_lm = adapters.attach(causal_lm, model_cfg.lora, base="tiny", seed=0, model_name=model_cfg.name_or_path)
+    model = SequenceLogprobModel(causal_lm, "chunked", packed=True, share_prompts=share_prompts)
     generator = torch.Generator().manual_seed(0)
 
     def ids(length):
@@ -102,9 +122,9 @@ def test_saved_activations_match_autograd(family, share_prompts):
     arch = mp.tiny_arch(model_cfg, len(tokenizer))
     gathered = sum(len(p) + len(r.response_ids) for p, r in zip(prompts, rejected)) if share_prompts else 0
     setting = mp.Setting(nproc=1, device="cpu", optimizer="rmsprop", checkpointing=False, tokens=batch.num_positions,
-                         scored=int(batch.target_ids.numel()), gathered_kv_tokens=gathered, accumulated=False)
-    planned = arch.layers * mp.layer_activation_bytes(arch, setting) + mp.head_saved_bytes(arch, setting)
-    assert saved == pytest.approx(planned, rel=0.1)
+                         scored=int(batch.target_ids.numel()), gathered_kv_tokens=gathered, accumulated=False,
+                         **mp.adapter_fields(model_cfg.lora))
+    return saved, arch.layers * mp.layer_activation_bytes(arch, setting) + mp.head_saved_bytes(arch, setting)
 
 
 def test_issue_plan_qwen14b_fits_under_60_gb(capsys):
