@@ -5,7 +5,7 @@ Layout of a training stage folder:
                          every rank's shards of the fp32 weights and of the optimizer state, written
                          by that rank; nothing is gathered)
   model/                 the final policy, an HF folder (safetensors, loadable by AutoModelForCausalLM
-                         and vLLM) in the training precision (bf16 on GPU, fp32 on CPU), written when
+                         and vLLM) in bf16 on GPU (the compute dtype), fp32 on a CPU, written when
                          the stage finishes
 Every folder is written under a temp name and swapped in (drift.io.replace_dir), so a kill never
 leaves half a checkpoint.
@@ -79,12 +79,13 @@ def gathered_state(model: nn.Module, runtime: Runtime, dtype: torch.dtype | None
 
 def save_policy(model: nn.Module, tokenizer, folder: Path, runtime: Runtime, dtype: torch.dtype | None = None) -> None:
     """The policy alone, as an HF folder (what the sampler and the next iteration load), in ``dtype``
-    (default: the training precision, ``runtime.dtype``); a collective call.
+    (default: ``runtime.export_dtype``, else the training precision: bf16 on GPU, fp32 on a CPU whatever
+    it computes in); a collective call.
 
     Under model.lora the folder holds the merged weights (a plain HF folder all the same), and the
     adapter alone goes beside it, a PEFT folder (drift.lora.ADAPTER) that the next stage continues.
     """
-    dtype = dtype or runtime.dtype
+    dtype = dtype or runtime.export_dtype or runtime.dtype
     adapted = lora.is_adapted(model.causal_lm)
     # an adapter stays fp32 (and the frozen base in its own dtype) until the two are merged
     state = gathered_state(model, runtime, None if adapted else dtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from drift.data.records import DsatCase
+from drift.data.sources import data_file, is_testbed
 
 Scorer = Callable[[Sequence[tuple[DsatCase, str]]], list[float]]
 WARNING = ("DRIFT will pull this model toward replies worse than its own: its guided samples beat its own "
@@ -92,7 +93,7 @@ def reward_model_scorer(reward_cfg, device: str) -> Scorer:
 def scorer_name(config) -> str | None:
     """The guidance check's scorer for a run (method.guidance_check; auto: gold on the testbed), or None."""
     mode = config.method.guidance_check
-    if mode == "gold" or (mode == "auto" and config.data.name == "testbed"):
+    if mode == "gold" or (mode == "auto" and is_testbed(config.data.name)):
         return "gold reward"
     if mode == "reward":
         return f"reward model {config.reward.model}"
@@ -105,6 +106,6 @@ def scorer_for(config, device: str) -> tuple[Scorer, Callable[[DsatCase], str] |
     if scorer_name(config) == "gold reward":
         from drift.eval.gold import preference_kind
 
-        kind_of = (lambda case: preference_kind(case.case_id)) if config.data.name == "testbed" else None
-        return gold_scorer(config.data.path), kind_of
+        kind_of = (lambda case: preference_kind(case.case_id)) if is_testbed(config.data.name) else None
+        return gold_scorer(data_file(config.data)), kind_of
     return reward_model_scorer(config.reward, device), None

@@ -11,7 +11,6 @@ from pathlib import Path
 from drift.config import LoggingConfig
 from drift.io import append_jsonl, read_jsonl, write_jsonl_atomic
 
-
 PAIR_METRICS = "pair_metrics.jsonl"
 
 
@@ -25,7 +24,12 @@ def _drop_steps_after(path: Path, step: int) -> None:
 
 
 class MetricsLog:
-    def __init__(self, path: Path, logging_cfg: LoggingConfig, *, enabled: bool, run_name: str, config: dict | None = None, resume_after_step: int = 0):
+    """``group``: the pipeline's run name, so that its stages show as one group in wandb; ``wandb_dir``:
+    the folder wandb writes its wandb/ folder into (default: beside metrics.jsonl). wandb prints nothing:
+    the run says once where its files are (drift.pipeline.run_header)."""
+
+    def __init__(self, path: Path, logging_cfg: LoggingConfig, *, enabled: bool, run_name: str, config: dict | None = None,
+                 resume_after_step: int = 0, group: str | None = None, wandb_dir: Path | None = None):
         self.path = Path(path)
         self.pairs_path = self.path.parent / PAIR_METRICS
         self.enabled = enabled
@@ -38,14 +42,20 @@ class MetricsLog:
         if logging_cfg.wandb_mode != "disabled":
             import wandb
 
+            folder = Path(wandb_dir) if wandb_dir is not None else self.path.parent
+            folder.mkdir(parents=True, exist_ok=True)
             self._wandb = wandb.init(
                 project=logging_cfg.wandb_project,
                 name=run_name,
+                group=group,
+                job_type=self.path.parent.parent.name if group else None,
                 mode=logging_cfg.wandb_mode,
-                dir=str(self.path.parent),
+                dir=str(folder),
                 config=config,
                 resume="allow",
                 id=f"{run_name}-{self.path.parent.name}".replace("/", "-")[:64],
+                # no banner, no history at the end, no copy of the console, no system-metrics thread
+                settings=wandb.Settings(silent=True, quiet=True, console="off", x_disable_stats=True, disable_git=True),
             )
 
     def log(self, record: dict) -> None:

@@ -68,6 +68,10 @@ class Runtime:
     local_rank: int
     device: torch.device
     dtype: torch.dtype  # compute dtype
+    # the saved model's dtype (None: the compute dtype, as on GPU, where vLLM loads bf16); fp32 on a CPU
+    # computing in bf16, where bf16 is for compute only: rounding the weights to bf16 after each stage
+    # would move them about as much as an iteration does
+    export_dtype: torch.dtype | None = None
 
     @property
     def is_main(self) -> bool:
@@ -99,12 +103,25 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     global _cpu_group
     if world_size > 1 and use_cuda and _cpu_group is None:
         _cpu_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
-    if precision == "auto":
-        precision = "bf16" if use_cuda else "fp32"
-    if precision == "bf16" and not use_cuda:
-        raise RuntimeError("trainer.precision=bf16 needs a GPU here; use trainer.precision=fp32 on CPU")
+    precision = resolve_precision(precision, use_cuda)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return Runtime(rank, world_size, local_rank, target, dtype)
+    return Runtime(rank, world_size, local_rank, target, dtype, export_dtype=None if use_cuda else torch.float32)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and
+    slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, use_cuda: bool) -> str:
+    """trainer.precision=auto: bf16 compute on GPU and on a CPU with native bf16, else fp32. bf16 is
+    mixed precision everywhere: fp32 master weights and optimizer state, bf16 matmuls under autocast
+    (FSDP's param_dtype under torchrun), the log-prob head's softmax in fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if use_cuda or cpu_has_bf16() else "fp32"
 
 
 def barrier(runtime: Runtime) -> None:
@@ -226,9 +243,10 @@ class SequenceLogprobModel(nn.Module):
         with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
         head = self.causal_lm.get_output_embeddings()
-        # the head GEMM runs in the compute dtype (bf16 on GPU: tensor cores), not in the fp32 that the
-        # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32
-        compute_dtype = self.autocast_dtype or hidden.dtype
+        # on GPU the head GEMM runs in the compute dtype (bf16: tensor cores), not in the fp32 that the
+        # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32. The CPU's
+        # chunked kernel computes in fp32 whatever it is given: it gets the fp32 states, not a bf16 rounding
+        compute_dtype = (self.autocast_dtype or hidden.dtype) if device_type == "cuda" else hidden.dtype
         scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions).to(compute_dtype)
         weight = head.weight.to(compute_dtype)
         bias = None if head.bias is None else head.bias.to(compute_dtype)

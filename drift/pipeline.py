@@ -12,7 +12,9 @@ the plan before any stage starts; a stage made with other settings stops the run
 from __future__ import annotations
 
 import json
+import math
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from drift.config import Config
+from drift.console import LOG_NAME, Clock, seconds_text
 from drift.data.records import PreferencePair, pair_from_row
 from drift.fingerprint import fingerprint
 from drift.io import read_done, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -64,6 +67,12 @@ class Run:
     outputs: dict[str, str] = field(default_factory=dict)  # finished stage -> its output's fingerprint
     summary: dict = field(default_factory=dict)
     tokenizer: object = None
+    clock: Clock = field(default_factory=Clock)
+
+    def say(self, text: str) -> None:
+        """A stage line on the console (rank 0): the run's elapsed time, then what happened."""
+        if self.runtime.is_main:
+            print(f"{self.clock.stamp()} {text}", flush=True)
 
 
 def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
@@ -81,6 +90,7 @@ def run(config: Config, run_dir: Path, run_config: dict | None = None) -> dict:
         evaluate_stage(run)
     run.summary["model"] = policy
     if run.runtime.is_main:
+        run.summary["figures"] = write_figures(run.run_dir, run.summary.get("heldout"))
         write_json_atomic(run.run_dir / "summary.json", run.summary)
     return run.summary
 
@@ -92,13 +102,32 @@ def start_run(config: Config, run_dir: Path, checked: Checked, run_config: dict 
     run = Run(config, run_dir, runtime, checked, run_config, outputs={},
               summary={"run_dir": str(run_dir), "method": config.method.name, "stages": {}})
     if runtime.is_main:
-        print(checked.sampler_choice, flush=True)
+        print(run_header(config, run_dir, checked, runtime), flush=True)
         if checked.retrain_from:
             print(f"resume={RETRAIN}: training again from {checked.retrain_from} on "
                   f"({len(checked.stale)} stages: {', '.join(checked.stale)})", flush=True)
     if checked.retrain_from:
         on_main_then_wait(runtime, lambda: remove_stages(run_dir / name for name in checked.stale))
     return run
+
+
+def run_header(config: Config, run_dir: Path, checked: Checked, runtime: Runtime) -> str:
+    """What runs, on what, and where its files go: the console's first lines."""
+    records = checked.records
+    data = f"{len(records.dsat_cases)} DSAT cases, {len(records.seed_pairs)} seed pairs"
+    if records.preference_pairs:
+        data = f"{len(records.preference_pairs)} preference pairs, " + data
+    heldout = f"; held-out: {len(checked.heldout)} prompts" if checked.heldout else ""
+    compute = "fp32" if runtime.dtype == torch.float32 else f"{str(runtime.dtype).removeprefix('torch.')} compute, fp32 master weights"
+    ranks = f" x {runtime.world_size} ranks" if runtime.distributed else ""
+    lines = [f"drift: method={config.method.name} model={config.model.name} data={config.data.name} seed={config.trainer.seed} "
+             f"({data}{heldout})",
+             f"run folder: {run_dir} (this console is also in its {LOG_NAME})",
+             f"trainer: {runtime.device.type}{ranks}, {compute}; {checked.sampler_choice}"]
+    if config.logging.wandb_mode != "disabled":
+        lines.append(f"wandb: {config.logging.wandb_mode}, its files in {run_dir / 'wandb'}"
+                     + (f" (upload them with: wandb sync {run_dir / 'wandb'}/offline-run-*)" if config.logging.wandb_mode == "offline" else ""))
+    return "\n".join(lines)
 
 
 # ---- the contract at run time -------------------------------------------------------------------
@@ -199,9 +228,18 @@ def sample_stage(run: Run, iteration: int, policy: str) -> tuple[dict[str, list[
     upstream = next(stage for stage in run.checked.plan if stage.name == name).upstream[0]
     if not finished:
         job = sample_job(run.config, run.checked.records, run.checked.sampler, policy, folder)
-        run_on_main(run.runtime, folder, lambda: sample(job, checkpoint_fingerprint=run.outputs[upstream]),
+        run.say(f"iter_{iteration} sample: {describe_requests(job)}")
+        started = time.monotonic()
+        run_on_main(run.runtime, folder, lambda: sample(job, checkpoint_fingerprint=run.outputs[upstream], quiet=True),
                     what=f"sampling into {folder}")
         run.outputs[name] = output_of(folder)
+        if run.runtime.is_main:
+            from drift.sampler.process import format_report
+
+            report = json.loads((folder / "sampling_report.json").read_text())
+            run.say(f"iter_{iteration} sample: done in {seconds_text(time.monotonic() - started)}, {format_report(report)}")
+    else:
+        run.say(f"iter_{iteration} sample: finished earlier with the same settings, reused")
     rows = sorted(read_samples(folder), key=lambda r: (r["prompt_id"], r["sample_index"]))
     samples: dict[str, list[str]] = {}
     for row in rows:
@@ -235,6 +273,18 @@ def guidance_check_stage(run: Run, folder: Path, samples: dict[str, list[str]]) 
     return check
 
 
+def describe_requests(job) -> str:
+    """'48 guided prompts + 16 original prompts (the guidance check), 1 reply each, up to 256 new tokens'."""
+    from collections import Counter
+
+    kinds = Counter(row["prompt_id"].rpartition("#")[2] for row in job.prompts)
+    named = {GUIDED: "guided prompts", ORIGINAL: "original prompts"}
+    parts = [f"{count} {named.get(kind, 'prompts')}" for kind, count in sorted(kinds.items())]
+    sampler = job.sampler
+    return (f"{' + '.join(parts)}, {sampler.num_samples} {'reply' if sampler.num_samples == 1 else 'replies'} each, up to "
+            f"{sampler.max_new_tokens} new tokens ({sampler.backend})")
+
+
 def pairs_stage(run: Run, iteration: int, samples: dict[str, list[str]],
                 unfinished: frozenset[tuple[str, int]] = frozenset()) -> list[PreferencePair]:
     """The method's pairs from the records and this iteration's samples (rank 0 builds, the others read)."""
@@ -256,6 +306,12 @@ def pairs_stage(run: Run, iteration: int, samples: dict[str, list[str]],
     pairs = [pair_from_row(row) for row in read_jsonl(folder / "pairs.jsonl")]
     if not pairs:
         raise RuntimeError(f"no pairs were built for {folder}; see {folder / 'rejects.jsonl'}")
+    if not finished:
+        from collections import Counter
+
+        reasons = Counter(row.get("reason", "?") for row in read_jsonl(folder / "rejects.jsonl"))
+        why = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+        run.say(f"iter_{iteration} pairs: {len(pairs)} pairs" + (f"; {sum(reasons.values())} records without one ({why})" if reasons else ""))
     return pairs
 
 
@@ -292,11 +348,29 @@ def iteration_train_stage(run: Run, iteration: int, tokenized, policy: str) -> s
 
 def train(run: Run, stage_name: str, iteration: str, tokenized, start_from: str, reference: str, epochs: int) -> str:
     """Reference log-probs (cached by content), then DPO from ``start_from``; the final model's folder."""
-    folder, key, _ = open_stage(run, f"{iteration}/train")
-    stage = Stage(stage_name, folder, tokenized, start_from, reference, epochs, run.run_dir / "reference_cache", key=key)
+    folder, key, finished = open_stage(run, f"{iteration}/train")
+    stage = Stage(stage_name, folder, tokenized, start_from, reference, epochs, run.run_dir / "reference_cache", key=key,
+                  run_dir=run.run_dir)
+    trainer = run.config.trainer
+    global_batch = trainer.per_device_batch_size * run.runtime.world_size * trainer.grad_accum_steps
+    steps = epochs * math.ceil(len(tokenized) / global_batch)
+    stats = run.summary["stages"].get(stage_name, {})
+    rejected = f" ({stats['rejected_at_tokenization']} rejected at tokenization)" if stats.get("rejected_at_tokenization") else ""
+    if finished:
+        run.say(f"{stage_name} train: finished earlier with the same settings, reused")
+    else:
+        run.say(f"{stage_name} train: {len(tokenized)} pairs{rejected}, {epochs} epoch{'s' * (epochs > 1)} = {steps} steps "
+                f"of {global_batch} pairs")
+    started = time.monotonic()
     model = str(train_stage(run.config, run.runtime, stage, run.tokenizer, run.run_config))
     run.outputs[f"{iteration}/train"] = output_of(folder)
-    run.summary["stages"].setdefault(stage_name, {}).update(_stage_summary(read_metrics(folder / "metrics.jsonl"), folder))
+    summary = _stage_summary(read_metrics(folder / "metrics.jsonl"), folder)
+    run.summary["stages"].setdefault(stage_name, {}).update(summary)
+    if not finished and summary:
+        run.say(f"{stage_name} train: done in {seconds_text(time.monotonic() - started)} (reference log-probs of "
+                f"{summary.get('reference_sequences', 0)} sequences in {seconds_text(summary.get('reference_seconds', 0))}); "
+                f"stage means: loss {summary['mean_loss']:.4f}, margin {summary['mean_margin']:.4f}, "
+                f"accuracy {summary['mean_accuracy']:.2f}")
     return model
 
 
@@ -308,15 +382,19 @@ def evaluate_stage(run: Run) -> None:
     results_path = folder / "heldout.json"
     if finished:
         results = json.loads(results_path.read_text())
-        from drift.eval.heldout import format_eval
-
-        print(format_eval(results), flush=True)
+        run.say("evaluate: finished earlier with the same settings, reused")
     else:
         checkpoints = [(name, str(run.run_dir / stage / "model") if stage != INITIAL else _initial_source(run))
                        for name, stage in evaluated_stages(run.config)]
-        results = heldout_stage(run.config, checkpoints)
+        config = run.config
+        replies = config.eval.samples_per_prompt
+        run.say(f"evaluate: {', '.join(name for name, _ in checkpoints)} on {len(run.checked.heldout)} held-out prompts, "
+                f"{replies} {'reply' if replies == 1 else 'replies'} each, up to {config.eval.max_new_tokens} new tokens")
+        started = time.monotonic()
+        results = heldout_stage(config, checkpoints, say=run.say)
         write_json_atomic(results_path, results)
         finish(folder, key, fingerprint(results), {})
+        run.say(f"evaluate: done in {seconds_text(time.monotonic() - started)}")
     run.summary["heldout"] = results
 
 
@@ -343,13 +421,17 @@ def _score_samples(config: Config, records, samples: dict[str, list[str]]) -> di
 # ---- evaluation and reporting -------------------------------------------------------------------
 
 
-def heldout_stage(config: Config, checkpoints: list[tuple[str, str]]) -> dict:
-    """Every named checkpoint on the held-out split, scored by gold; printed as a table."""
-    from drift.eval.heldout import format_eval, read_heldout
+def heldout_stage(config: Config, checkpoints: list[tuple[str, str]], say=print) -> dict:
+    """Every named checkpoint on the held-out split, scored by gold; a line per checkpoint."""
+    from drift.eval.heldout import read_heldout
 
     heldout = read_heldout(config.eval.heldout)
-    results = {name: evaluate_on_heldout(config, checkpoint, heldout) for name, checkpoint in checkpoints}
-    print(format_eval(results), flush=True)
+    results = {}
+    for name, checkpoint in checkpoints:
+        started = time.monotonic()
+        results[name] = result = evaluate_on_heldout(config, checkpoint, heldout)
+        say(f"evaluate: {name} gold {result['gold']:.3f} ± {result['gold_se']:.3f} over {result['replies']} replies "
+            f"({result['cut_share']:.0%} cut) in {seconds_text(time.monotonic() - started)}")
     return results
 
 
@@ -363,6 +445,35 @@ def evaluate_on_heldout(config: Config, checkpoint: str, heldout: list[dict]) ->
         max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
         device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
     )
+
+
+FIGURES = "figures"
+
+
+def write_figures(run_dir: Path, heldout: dict | None) -> dict:
+    """The run's figures in <run>/figures: held-out gold per stage (when evaluated) and the training
+    dynamics (launch/analyze.py dynamics' figures and report). {"gold_per_stage": path, "dynamics": folder,
+    "dynamics_figures": count}, or {"skipped": why} without matplotlib."""
+    from drift.analysis._figures import pyplot
+
+    if pyplot() is None:
+        return {"skipped": "matplotlib is not installed (pip install matplotlib)"}
+    from drift.analysis import dynamics
+    from drift.eval.heldout import plot_gold_per_stage
+
+    folder = Path(run_dir) / FIGURES
+    written: dict = {}
+    if heldout and plot_gold_per_stage(heldout, folder / "gold_per_stage.png"):
+        written["gold_per_stage"] = str(folder / "gold_per_stage.png")
+    try:
+        runs = [dynamics.analyze_run(Path(run_dir), Path(run_dir).name, tau=0.5, bins=20)]
+    except dynamics.AnalysisInputError:
+        return written
+    result = dynamics.write_outputs(runs, 0.5, folder / "dynamics")
+    figures = result["figures"]
+    written["dynamics"] = str(folder / "dynamics")
+    written["dynamics_figures"] = len(figures["steps"]) + len(figures["iterations"]) + len(figures["histograms"])
+    return written
 
 
 def sampling_counts(folder: Path) -> dict:
@@ -395,5 +506,13 @@ def format_summary(summary: dict) -> str:
         from drift.eval.heldout import format_eval
 
         lines.append(format_eval(summary["heldout"]))
+    figures = summary.get("figures") or {}
+    if "skipped" in figures:
+        lines.append(f"figures: none ({figures['skipped']})")
+    elif figures:
+        named = [figures["gold_per_stage"]] if "gold_per_stage" in figures else []
+        if "dynamics" in figures:
+            named.append(f"{figures['dynamics']}/ ({figures['dynamics_figures']} training-dynamics figures, report.md)")
+        lines.append("figures: " + ", ".join(named))
     lines.append(f"final model (HF folder): {summary['model']}")
     return "\n".join(lines)

@@ -20,18 +20,35 @@ from pathlib import Path
 import torch
 
 from drift import lora
-from drift.checkpoint import CHECKPOINT, TrainerState, find_checkpoint, load_checkpoint, read_state, save_checkpoint, save_policy
+from drift.checkpoint import (
+    CHECKPOINT,
+    TrainerState,
+    find_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    save_policy,
+)
 from drift.config import Config, ModelConfig, TrainerConfig
+from drift.console import progress_wanted
 from drift.io import DONE, mark_done
 from drift.loss import DpoTerms, dpo_loss
 from drift.metrics import MetricsLog
 from drift.model import build_model_skeleton, load_model
 from drift.parallel import (
-    Runtime, SequenceLogprobModel, all_reduce_sum, barrier, gather_objects, load_full_state, sequence_logps,
-    set_gradient_sync, shard,
+    Runtime,
+    SequenceLogprobModel,
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    load_full_state,
+    sequence_logps,
+    set_gradient_sync,
+    shard,
 )
 from drift.reference import ReferenceCache, fill_reference_cache, fingerprint_and_remember
-from drift.stages import StageKey, finish as finish_stage
+from drift.stages import StageKey
+from drift.stages import finish as finish_stage
 from drift.tokenize import TokenizedPair, collate_sequences
 
 
@@ -202,6 +219,8 @@ class Stage:
     reference_cache_dir: Path
     # the stage's key (drift.stages): recorded in its done marker with its model's fingerprint
     key: StageKey | None = None
+    # the pipeline's run folder: its stages log to one wandb group, with wandb's files in <run_dir>/wandb
+    run_dir: Path | None = None
 
 
 def train_stage(config: Config, runtime: Runtime, stage: Stage, tokenizer, run_config: dict | None = None) -> Path:
@@ -289,12 +308,15 @@ class StageTrainer:
         metrics = MetricsLog(
             stage.folder / "metrics.jsonl", config.logging, enabled=runtime.is_main,
             run_name=f"{config.run_name}-{stage.name}", config=run_config, resume_after_step=state.global_step,
+            group=config.run_name if stage.run_dir is not None else None,
+            wandb_dir=stage.run_dir,
         )
         progress = None
-        if runtime.is_main and config.logging.progress_bar:
+        if runtime.is_main and progress_wanted(config.logging.progress_bar):
             from tqdm import tqdm
 
-            progress = tqdm(total=total_steps, initial=state.global_step, desc=stage.name, dynamic_ncols=True)
+            progress = tqdm(total=total_steps, initial=state.global_step, desc=stage.name, dynamic_ncols=True,
+                            disable=False)
         pair_tokens = [len(pair.chosen) + len(pair.rejected) for pair in stage.pairs]
         return cls(stage, runtime, t, config.model, config.method.beta, config.method.rpo_alpha, tokenizer, state, policy,
                    parameters, optimizer, cache, metrics, progress, pair_tokens, global_batch, steps_per_epoch, total_steps)

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from drift.checks import PromptFormat, check, check_choice, choices
 
-DataSource = Literal["fixture", "wildfeedback", "ultrafeedback", "drift_jsonl", "testbed"]
+DataSource = Literal["fixture", "wildfeedback", "ultrafeedback", "drift_jsonl", "testbed", "testbed_compact"]
 # microsoft/WildFeedback configs we read; `user_preference` exists on the hub but its columns are
 # not documented anywhere we could check, so we refuse it instead of guessing.
 WildfeedbackConfig = Literal["sat_dsat_annotation", "wildfeedback"]
@@ -35,7 +35,7 @@ CONVERSATION_KEY_CANDIDATES = (
 class DataConfig:
     # source kind, one of DataSource
     name: str = "fixture"
-    # local .jsonl / .json / .parquet file; wins over hub_name. fixture, testbed: None = the shipped file
+    # local .jsonl / .json / .parquet file; wins over hub_name. fixture, testbed(_compact): None = the shipped file
     path: Optional[str] = None
     # PromptFormat: chat_template (the model's) or raw_text (the paper code's "User: ...\nAssistant: ..." text)
     prompt_format: str = "chat_template"

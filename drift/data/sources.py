@@ -46,6 +46,13 @@ FIXTURE_ANNOTATION = FIXTURE_DIR / "sat_dsat_annotation.jsonl"
 TESTBED_ANNOTATION = FIXTURE_DIR / "testbed_scale.jsonl"
 TESTBED_HANDWRITTEN = FIXTURE_DIR / "testbed.jsonl"
 TESTBED_HELDOUT = FIXTURE_DIR / "testbed_heldout.jsonl"
+# data=testbed_compact, the main job's: the first topics of both (testbed_compose.py writes them too)
+TESTBED_COMPACT = FIXTURE_DIR / "testbed_compact.jsonl"
+TESTBED_COMPACT_HELDOUT = FIXTURE_DIR / "testbed_compact_heldout.jsonl"
+# data.name -> the shipped file it reads when data.path is not set
+SHIPPED = {"fixture": FIXTURE_ANNOTATION, "testbed": TESTBED_ANNOTATION, "testbed_compact": TESTBED_COMPACT}
+# the testbeds, whose conversations carry a gold spec -> their held-out splits (eval.heldout takes the name)
+TESTBEDS = {"testbed": TESTBED_HELDOUT, "testbed_compact": TESTBED_COMPACT_HELDOUT}
 CHAT_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
@@ -67,9 +74,8 @@ def load_records(data_cfg: DataConfig, tokenizer=None) -> Records:
     (see drift.data.prompts.fit_prompts).
     """
     data_cfg.validate()
-    if data_cfg.name in ("fixture", "testbed"):
-        shipped = FIXTURE_ANNOTATION if data_cfg.name == "fixture" else TESTBED_ANNOTATION
-        records = load_annotation(read_rows(data_cfg.path or str(shipped)), data_cfg, data_cfg.name)
+    if data_cfg.name in SHIPPED:
+        records = load_annotation(read_rows(data_cfg.path or str(SHIPPED[data_cfg.name])), data_cfg, data_cfg.name)
     elif data_cfg.name == "wildfeedback":
         source = _read(data_cfg)
         if data_cfg.hub_config == "sat_dsat_annotation":
@@ -88,6 +94,16 @@ def load_records(data_cfg: DataConfig, tokenizer=None) -> Records:
         records = fit_prompts(records, tokenizer, max_prompt_tokens=data_cfg.max_prompt_length,
                               prompt_format=data_cfg.prompt_format, guidance=data_cfg.guidance)
     return records
+
+
+def is_testbed(data_name: str) -> bool:
+    """Whether data.name is a testbed (every conversation has a gold spec)."""
+    return data_name in TESTBEDS
+
+
+def data_file(data_cfg: DataConfig) -> str | None:
+    """The file a shipped source reads: data.path, else the shipped one."""
+    return data_cfg.path or (str(SHIPPED[data_cfg.name]) if data_cfg.name in SHIPPED else None)
 
 
 def _read(cfg: DataConfig) -> SourceRows:

@@ -29,11 +29,11 @@ class HeldoutError(ValueError):
 
 
 def read_heldout(path: str | Path) -> list[dict]:
-    """The rows of a held-out file; ``testbed`` names the shipped split."""
-    from drift.data.sources import TESTBED_HELDOUT
+    """The rows of a held-out file; ``testbed`` and ``testbed_compact`` name the shipped splits."""
+    from drift.data.sources import TESTBEDS
     from drift.eval.gold import validate_spec
 
-    path = TESTBED_HELDOUT if str(path) == "testbed" else Path(path)
+    path = TESTBEDS[str(path)] if str(path) in TESTBEDS else Path(path)
     if not path.is_file():
         raise HeldoutError(f"eval.heldout={path} does not exist; python drift/data/fixtures/testbed_compose.py writes "
                            "the shipped one, or set eval.heldout=null to skip the evaluation")
@@ -128,7 +128,7 @@ def evaluate_checkpoint(checkpoint: str, heldout: list[dict], *, cache_root: Pat
                       prompt_format=prompt_format, device=device, trust_remote_code=trust_remote_code)
     # the folder is named by the request's key: runs that evaluate the same checkpoint share it
     folder = Path(cache_root) / request_key(job).fingerprint
-    result = sample(dataclasses.replace(job, out_dir=folder), label="heldout eval")
+    result = sample(dataclasses.replace(job, out_dir=folder), label="heldout eval", quiet=True)
     scored = score_rows(result.samples, heldout)
     counts = {kind: sum(r["kind"] == kind for r in heldout) for kind in KINDS}
     per_prompt = prompt_means(scored, [r["prompt_id"] for r in heldout], k)
@@ -153,3 +153,33 @@ def format_eval(results: dict[str, dict]) -> str:
         if gains:
             lines.append(f"{name:<10} gain (paired, ± SE): " + ", ".join(gains))
     return "\n".join(lines)
+
+
+def plot_gold_per_stage(results: dict[str, dict], path: Path, title: str = "") -> bool:
+    """Held-out gold per evaluated stage (± its standard error), with its stated and revealed halves;
+    False (no file) without matplotlib."""
+    from drift.analysis._figures import pyplot, save_png
+
+    plt = pyplot()
+    if plt is None or not results:
+        return False
+    names = list(results)
+    xs = list(range(len(names)))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    try:
+        axis.errorbar(xs, [results[n]["gold"] for n in names], yerr=[results[n].get("gold_se") or 0 for n in names],
+                      marker="o", capsize=4, color="C0", label="all prompts (± SE)")
+        for color, kind in zip(("C1", "C2"), KINDS):
+            axis.plot(xs, [results[n]["by_kind"][kind]["gold"] for n in names], marker=".", linestyle="--",
+                      color=color, label=kind)
+        axis.set_xticks(xs, names)
+        axis.set_ylim(0, 1)
+        axis.set_ylabel("held-out gold (rule-based, 0 to 1)")
+        prompts = results[names[0]]["prompts"]
+        axis.set_title(title or f"held-out gold per stage ({prompts} prompts never trained on)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        save_png(figure, Path(path))
+    finally:
+        plt.close(figure)
+    return True

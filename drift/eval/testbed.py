@@ -193,11 +193,13 @@ def testbed_file(cfg: TestbedReportConfig, config: dict | None) -> str | None:
     if cfg.data:
         return cfg.data
     if config is not None:
+        from drift.data.sources import SHIPPED, is_testbed
+
         data = config.get("data") or {}
-        if data.get("name") != "testbed":
+        if not is_testbed(data.get("name")):
             raise ReportInputError(f"run was trained with data={data.get('name')!r}, not data=testbed; the gold reward "
                                     "needs the testbed's preference specs (give data=FILE for a testbed file of your own)")
-        return data.get("path")
+        return data.get("path") or str(SHIPPED[data["name"]])
     return None  # the shipped file
 
 

@@ -30,6 +30,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -43,7 +44,13 @@ from drift.backends import resolve_sampler
 from drift.config import ConfigError, ModelConfig, SamplerConfig, validate_sampler_run
 from drift.fingerprint import FileContents, fingerprint
 from drift.io import jsonl_lines, write_json_atomic, write_jsonl_atomic
-from drift.sampler.engine import DecoderWeights, Generation, engine_unsupported_reason, generate_continuous, sample_next_tokens
+from drift.sampler.engine import (
+    DecoderWeights,
+    Generation,
+    engine_unsupported_reason,
+    generate_continuous,
+    sample_next_tokens,
+)
 
 SAMPLES_FILE = "samples.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -238,7 +245,9 @@ class Progress:
     def __init__(self, total: int, enabled: bool):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc="sampling", unit="sample", disable=not enabled, dynamic_ncols=True)
+        from drift.console import progress_wanted
+
+        self.bar = tqdm(total=total, desc="sampling", unit="sample", disable=not progress_wanted(enabled), dynamic_ncols=True)
         self.tokens, self.planned, self.started = 0, 0, time.perf_counter()
 
     def expect(self, samples: int) -> None:
@@ -373,7 +382,9 @@ def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerCon
     load_seconds = time.perf_counter() - load_started
     engine, fallback_reason = choose_engine(model, cfg.engine)
     if engine == "loop" and cfg.engine == "auto":
-        print(f"sampler: the static engine does not run this model ({fallback_reason}); using the plain loop", flush=True)
+        # on stderr: the client keeps the process's stdout to itself unless it fails
+        print(f"sampler: the static engine does not run this model ({fallback_reason}); using the plain loop",
+              file=sys.stderr, flush=True)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     progress = Progress(len(requests), progress_bar)
     try:
@@ -555,7 +566,7 @@ def _run_vllm(checkpoint: str, requests: list[Request], cfg: SamplerConfig, stop
     if failed:
         raise RuntimeError(f"vLLM data-parallel engines failed ({'; '.join(failed)}); their tracebacks are printed above")
     rows, rejects, tokens, load_seconds = [], [], 0, 0.0
-    for rank, worker, result_path in workers:
+    for _rank, _worker, result_path in workers:
         shard = json.loads(result_path.read_text())
         result_path.unlink()
         rows += shard["rows"]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_drift_iteration_runs_on_a_tiny_gemma3(tmp_path):
     command = [
-        sys.executable, "launch/train.py", "model=tiny", "model.name_or_path=tiny:gemma3", "model.tiny_layers=3",
+        sys.executable, "launch/train.py", "model=tiny", "data=fixture", "model.name_or_path=tiny:gemma3", "model.tiny_layers=3",
         "method=drift", "method.warmstart_epochs=1", "method.iterations=1",
         f"sampler.max_new_tokens={2 * TINY_GEMMA3_SLIDING_WINDOW}", "sampler.truncated=keep",
         "trainer.max_length=3072", "trainer.max_prompt_length=2048", "trainer.lr=1e-3",

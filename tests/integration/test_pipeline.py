@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
-    "model=tiny", "method=drift", "method.warmstart_epochs=1", "method.iterations=2", "sampler.max_new_tokens=8", "sampler.truncated=keep",
+    "model=tiny", "data=fixture", "method=drift", "method.warmstart_epochs=1", "method.iterations=2", "sampler.max_new_tokens=8", "sampler.truncated=keep",
     "trainer.max_length=3072", "trainer.max_prompt_length=2048", "trainer.lr=1e-3", "trainer.per_device_batch_size=2",
     "trainer.save_every_steps=1", "logging.wandb_mode=disabled", "logging.progress_bar=false", "run_name=pipe",
     "eval.stages=last", "eval.max_new_tokens=8",

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_multirun_writes_one_folder_per_job_and_a_summary(tmp_path):
     command = [
-        sys.executable, "launch/train.py", "-m", "model=tiny", "method=drift,spin", "method.iterations=1",
+        sys.executable, "launch/train.py", "-m", "model=tiny", "data=fixture", "method=drift,spin", "method.iterations=1",
         "method.warmstart_epochs=0", "sampler.max_new_tokens=4", "sampler.truncated=keep", "trainer.max_length=3072", "trainer.max_prompt_length=2048",
         f"output_dir={tmp_path}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
     ]

@@ -17,7 +17,7 @@ def _compose(*overrides: str) -> Config:
 
 
 def test_defaults_follow_the_paper():
-    config = _compose()
+    config = _compose("data=fixture")
     assert config.model.name_or_path == "embedded:smollm2" and config.data.name == "fixture"
     assert config.method.name == "drift" and config.method.iterations == 2
     assert (config.method.beta, config.method.rpo_alpha, config.method.warmstart_epochs) == (0.1, 0.001, 3)
@@ -25,6 +25,20 @@ def test_defaults_follow_the_paper():
     assert (t.lr, t.optimizer, t.lr_schedule, t.warmup_ratio) == (5e-7, "rmsprop", "linear", 0.1)
     assert (t.per_device_batch_size, t.max_length, t.max_prompt_length, t.seed) == (4, 2048, 1024, 42)
     assert config.logging.wandb_mode == "offline" and config.model.trust_remote_code is False
+
+
+def test_the_main_job_is_the_compact_testbed_with_the_presets_recipe():
+    """python launch/train.py: the compact testbed carries its recipe (conf/data/testbed_compact.yaml),
+    the full preset's where it does not shrink the run, and evaluates on the compact held-out split;
+    any other data source keeps the paper's defaults (above)."""
+    config, preset = _compose(), _compose("experiment=testbed")
+    assert config.data.name == "testbed_compact" and config.eval.heldout == "testbed_compact"
+    assert (config.method.name, config.method.iterations, config.method.warmstart_epochs) == ("drift", 1, 2)
+    for key in ("lr", "per_device_batch_size", "grad_accum_steps", "max_length", "max_prompt_length"):
+        assert getattr(config.trainer, key) == getattr(preset.trainer, key), key
+    assert config.method.beta == preset.method.beta and config.sampler.max_new_tokens == preset.sampler.max_new_tokens
+    assert _compose("method.iterations=2").method.iterations == 2  # the command line still wins
+    assert _compose("data=wildfeedback", "data.hub_config=wildfeedback", "data.hub_name=x").trainer.lr == 5e-7
 
 
 @pytest.mark.parametrize("model", ["qwen7b", "qwen14b", "gemma12b", "tiny", "smollm2"])
@@ -45,7 +59,7 @@ def test_every_method_config_composes(method):
     [
         ("method.beta=0", "method.beta must be > 0, got 0"),
         ("trainer.lr=-1", "trainer.lr must be > 0, got -1"),
-        ("trainer.max_length=512", "trainer.max_length (512) must be greater than trainer.max_prompt_length (1024)"),
+        ("trainer.max_length=512", "trainer.max_length (512) must be greater than trainer.max_prompt_length (512)"),
         ("trainer.optimizer=adam8bit", "trainer.optimizer must be 'rmsprop', 'adamw' or 'sgd', got 'adam8bit'"),
         ("trainer.logprob_impl=cuda", "trainer.logprob_impl must be one of auto, chunked, triton, flash_attn, got 'cuda'"),
         ("method.reference=best", "method.reference must be 'iteration_start' or 'initial', got 'best'"),

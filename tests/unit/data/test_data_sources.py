@@ -292,7 +292,7 @@ def test_hub_dataset_is_read_like_a_file(monkeypatch):
 # ------------------------------------------------------------------ config
 
 @pytest.mark.parametrize("fields, message", [
-    ({"name": "wildchat"}, "data.name must be one of fixture, wildfeedback, ultrafeedback, drift_jsonl, testbed, got 'wildchat'"),
+    ({"name": "wildchat"}, "data.name must be one of fixture, wildfeedback, ultrafeedback, drift_jsonl, testbed, testbed_compact, got 'wildchat'"),
     ({"prompt_format": "plain"}, "data.prompt_format must be one of chat_template, raw_text"),
     ({"max_prompt_length": 0}, "data.max_prompt_length must be a positive integer or null, got 0"),
     ({"both_labels": "both"}, "data.both_labels must be one of " + ", ".join(choices(BothLabels))),
