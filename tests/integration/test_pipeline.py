@@ -22,18 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "model=tiny", "data=fixture", "method=drift", "method.warmstart_epochs=1", "method.iterations=2", "sampler.max_new_tokens=8", "sampler.truncated=keep",
     "trainer.max_length=3072", "trainer.max_prompt_length=2048", "trainer.lr=1e-3", "trainer.per_device_batch_size=2",
-    "trainer.save_every_steps=1", "logging.wandb_mode=disabled", "logging.progress_bar=false", "run_name=pipe",
+    "trainer.save_every_steps=1", "logging.wandb_mode=disabled", "logging.progress_bar=false",
     "eval.stages=last", "eval.max_new_tokens=8",
 ]
 
 
-def _launch(output_dir: Path, *extra: str, nproc: int = 2, wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """launch/train.py with the test's overrides, under torchrun (nproc > 1) or alone; ``wrapper``: a
-    script that runs it (kill_after_checkpoint.py STAGE:STEP, kill_during_evaluation.py)."""
+def _launch(run: Path, *extra: str, nproc: int = 2, wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """launch/train.py with the test's overrides into the folder ``run``, under torchrun (nproc > 1) or
+    alone; ``wrapper``: a script that runs it (kill_after_checkpoint.py STAGE:STEP, kill_during_evaluation.py).
+    The runs of one test share an output_dir, so the held-out samples of a checkpoint are drawn once."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runner = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
-    command = [*runner, *wrapper, "launch/train.py", *OVERRIDES, f"eval.heldout={output_dir.parent / 'heldout.jsonl'}",
-               f"output_dir={output_dir}", *extra]
+    command = [*runner, *wrapper, "launch/train.py", *OVERRIDES, f"eval.heldout={run.parents[1] / 'heldout.jsonl'}",
+               f"output_dir={run.parent}", f"run_name={run.name}", *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
@@ -49,18 +50,17 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     heldout = (ROOT / "drift/data/fixtures/testbed_heldout.jsonl").read_text().splitlines()
     (root / "heldout.jsonl").write_text("\n".join(heldout[:3]) + "\n")
-    uninterrupted, resumed = root / "uninterrupted", root / "resumed"
-    first = _launch(uninterrupted)
+    run, partial = root / "out" / "pipe", root / "out" / "resumed"
+    first = _launch(run)
     assert first.returncode == 0, first.stderr[-3000:]
-    killed = _launch(resumed, wrapper=("tests/kill_after_checkpoint.py", "iter_2:3"))
+    killed = _launch(partial, wrapper=("tests/kill_after_checkpoint.py", "iter_2:3"))
     assert killed.returncode != 0
-    partial = resumed / "pipe"
     assert (partial / "iter_2/train/checkpoint/trainer_state.json").exists()
     assert not (partial / "iter_2/train/done").exists()
     finished_before = {stage: (partial / stage / "done").stat().st_mtime_ns for stage in ("iter_0/train", "iter_2/sample")}
-    again = _launch(resumed)
+    again = _launch(partial)
     assert again.returncode == 0, again.stderr[-3000:]
-    return uninterrupted / "pipe", partial, finished_before
+    return run, partial, finished_before
 
 
 def test_pipeline_under_torchrun_resumes_after_a_kill_in_iteration_two(runs):
@@ -96,7 +96,7 @@ def test_a_finished_folder_is_left_as_it_was_by_a_command_it_refuses(runs, tmp_p
     overrides = [o.replace("data.csv", str(tmp_path / "data.csv")) for o in overrides]
     (tmp_path / "data.csv").write_text("prompt,rejected\nhi,there\n")
     started = time.perf_counter()
-    refused = _launch(run.parent, *overrides, nproc=1)
+    refused = _launch(run, *overrides, nproc=1)
     seconds = time.perf_counter() - started
     assert refused.returncode != 0
     lines = refused.stderr.strip().splitlines()
@@ -107,22 +107,21 @@ def test_a_finished_folder_is_left_as_it_was_by_a_command_it_refuses(runs, tmp_p
     assert _tree(run) == before
 
 
-def test_a_kill_inside_the_evaluation_and_a_rerun_give_the_same_results(runs, tmp_path):
+def test_a_kill_inside_the_evaluation_and_a_rerun_give_the_same_results(runs):
     run, _, _ = runs
-    copy = tmp_path / "out" / "pipe"
+    copy = run.parent / "evaluated_again"
     shutil.copytree(run, copy)
-    (tmp_path / "heldout.jsonl").write_bytes((run.parents[1] / "heldout.jsonl").read_bytes())
     shutil.rmtree(copy / "evaluate")
     (copy / "summary.json").unlink()
-    killed = _launch(copy.parent, nproc=1, wrapper=("tests/kill_during_evaluation.py",))
+    killed = _launch(copy, nproc=1, wrapper=("tests/kill_during_evaluation.py",))
     assert killed.returncode != 0
     assert not (copy / "evaluate" / "done").exists() and (copy / "evaluate" / "stage.json").exists()
-    again = _launch(copy.parent, nproc=1)
+    again = _launch(copy, nproc=1)
     assert again.returncode == 0, again.stderr[-3000:]
+
     def scores(folder: Path) -> dict:
-        """The results, less where the checkpoint and its samples sit (the copy is elsewhere)."""
+        """The results, less where the checkpoint sits (the copy is elsewhere)."""
         results = json.loads((folder / "evaluate" / "heldout.json").read_text())
-        return {name: {key: value for key, value in result.items() if key not in ("checkpoint", "samples_folder")}
-                for name, result in results.items()}
+        return {name: {key: value for key, value in result.items() if key != "checkpoint"} for name, result in results.items()}
 
     assert scores(copy) == scores(run)
