@@ -38,7 +38,7 @@ PYTHON="$NODE_PYTHON" bash launch/setup_env.sh --offline "$work/bundle"
 echo "== launch/train.py from the source tree: warm start (1 epoch) and one DRIFT iteration, sampler=hf"
 start=$SECONDS
 PYTHONPATH="$PWD" PIP_NO_INDEX=1 HF_HUB_OFFLINE=1 .venv/bin/python launch/train.py \
-  model=smollm2_shape "model.name_or_path=random:$work/bundle/models/smollm2-135m-shape" \
+  model=smollm2_shape "model.name_or_path=random:$work/bundle/models/smollm2-135m-shape" data=fixture \
   method=drift method.iterations=1 method.warmstart_epochs=1 sampler=hf sampler.max_new_tokens=64 sampler.truncated=keep \
   logging.wandb_mode=disabled "output_dir=$work/runs" run_name=offline
 echo "== exit 0 after $((SECONDS - start)) s; run folder $work/runs/offline"
