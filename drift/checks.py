@@ -19,6 +19,9 @@ PromptFormat = Literal["chat_template", "raw_text"]
 MethodName = Literal["warmstart", "drift", "drift_unguided", "spin", "iterdpo"]
 Reference = Literal["iteration_start", "initial"]
 GuidanceCheck = Literal["auto", "gold", "reward", "off"]
+# which DRIFT pairs a scorer keeps (drift.methods): none (the paper's: every guided sample), drop
+# (only where the guided sample beats the policy's own), own_fallback (else the own sample, if it beats DSAT)
+ChosenFilter = Literal["none", "drop", "own_fallback"]
 Optimizer = Literal["rmsprop", "adamw", "sgd"]
 LrSchedule = Literal["linear", "constant", "cosine"]
 Precision = Literal["auto", "fp32", "bf16"]

@@ -15,6 +15,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from drift.checks import (
+    ChosenFilter,
     ConfigError,  # noqa: F401  (raised by every validate(); callers import it from here)
     Device,
     EvalStages,
@@ -114,6 +115,12 @@ class MethodConfig:
     # cases the check samples the original prompt for (an even spread over the DSAT cases; 0 = all):
     # the check costs one more sample per case it covers
     guidance_check_cases: int = 64
+    # which DRIFT pairs are kept (drift.methods): none (the paper's: every case's guided sample is the
+    # chosen side); drop (keep a case only where the scorer -- gold on the testbed, reward.model on real
+    # data -- prefers its guided sample to the policy's own); own_fallback (there, else the policy's own
+    # sample as the chosen side when it beats the DSAT reply). Not none: every case's original prompt is
+    # sampled too (one more sample per case)
+    chosen_filter: str = "none"  # ChosenFilter
 
     def validate(self) -> None:
         check_choice("method.name", self.name, MethodName)
@@ -130,6 +137,7 @@ class MethodConfig:
         check_choice("method.guidance_check", self.guidance_check, GuidanceCheck)
         check(self.guidance_check_cases >= 0,
               f"method.guidance_check_cases must be >= 0 (0: all), got {self.guidance_check_cases}")
+        check_choice("method.chosen_filter", self.chosen_filter, ChosenFilter)
 
 
 @dataclass

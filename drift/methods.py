@@ -18,6 +18,13 @@ plain prompt. Every pair trains on the *original* prompt, never on the guided on
 ``METHODS[name]`` (or ``method_named(name)``) is the one place a method's name is read: the pipeline
 asks the object which samples to request, whether a reward model ranks them, whether the guidance
 check applies, and how to build the pairs.
+
+``method.chosen_filter`` (DRIFT on feedback data; the paper's behaviour is ``none``): a scorer (gold
+on the testbed, a reward model on real data) scores every case's guided sample, the policy's own
+sample on the original prompt and the DSAT reply. ``drop`` keeps a case's pair only where the guided
+sample scores above the policy's own; ``own_fallback`` keeps those too and, for the others, trains
+the policy's own sample as the chosen side where it scores above the DSAT reply. A case whose own
+sample was quarantined (cut, empty) keeps its guided pair: a finished reply beats none.
 """
 
 from __future__ import annotations
@@ -26,9 +33,16 @@ from dataclasses import dataclass
 from typing import Union
 
 from drift.data.prompts import ORIGINAL_KEEP_LAST, guided_keep_last, guided_prompt, original_prompt
-from drift.data.records import PreferencePair, Records, Rejected
+from drift.data.records import DsatCase, PreferencePair, Records, Rejected
 
 GUIDED, ORIGINAL = "guided", "original"
+DSAT = "dsat"  # the score of a case's DSAT reply is keyed prompt_id(case_id, DSAT)
+# method.chosen_filter's values (drift.checks.ChosenFilter)
+NO_FILTER, DROP, OWN_FALLBACK = "none", "drop", "own_fallback"
+OWN_CHOSEN = "own"  # a pair whose chosen side is the policy's own sample: source "<method>:own"
+# why method.chosen_filter left a case without a pair
+GUIDED_NOT_BETTER = "guided_not_better_than_own"
+OWN_NOT_BETTER = "own_not_better_than_dsat"
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,16 @@ class PairBuilder:
     """Collects one iteration's pairs and rejects: a side that names a missing (quarantined) sample
     rejects its record with the reason; a cut-but-kept sample is marked unfinished."""
 
-    def __init__(self, method: str, samples: Samples, unfinished: frozenset[tuple[str, int]]):
+    def __init__(self, method: str, samples: Samples, unfinished: frozenset[tuple[str, int]],
+                 rewards: dict[str, list[float]] | None = None, chosen_filter: str = NO_FILTER):
         self.method, self.samples, self.unfinished = method, samples, unfinished
+        self.rewards, self.chosen_filter = rewards, chosen_filter
         self.pairs: list[PreferencePair] = []
         self.rejects: list[Rejected] = []
+
+    def has_sample(self, record_id: str, kind: str, index: int = 0) -> bool:
+        texts = self.samples.get(prompt_id(record_id, kind), [])
+        return index < len(texts) and bool(texts[index].strip())
 
     def sample_of(self, record_id: str, kind: str, index: int = 0) -> str | None:
         texts = self.samples.get(prompt_id(record_id, kind), [])
@@ -81,14 +101,15 @@ class PairBuilder:
         self.rejects.append(Rejected(record_id, "no_sample", f"no usable {kind} sample #{index} (see the sampler's rejects.jsonl)"))
         return None
 
-    def add(self, record_id: str, prompt, chosen: Side, rejected: Side) -> None:
+    def add(self, record_id: str, prompt, chosen: Side, rejected: Side, source: str | None = None) -> None:
         texts = [side if not isinstance(side, tuple) else self.sample_of(*side) for side in (chosen, rejected)]
         if texts[0] is None or texts[1] is None:
             return
         if texts[0].strip() == texts[1].strip():
             self.rejects.append(Rejected(record_id, "identical_sides", "chosen and rejected are the same text"))
             return
-        self.pairs.append(PreferencePair(f"{record_id}:{self.method}", tuple(prompt), texts[0], texts[1], source=self.method,
+        self.pairs.append(PreferencePair(f"{record_id}:{self.method}", tuple(prompt), texts[0], texts[1],
+                                         source=source or self.method,
                                          chosen_finished=self._finished(chosen), rejected_finished=self._finished(rejected)))
 
     def _finished(self, side: Side) -> bool:
@@ -105,6 +126,9 @@ class Method:
     # the guidance check applies: the chosen side is the guided sample, so it asks whether that
     # beats the policy's own answer (and samples the original prompt of the checked cases for it)
     guidance_check = False
+    # method.chosen_filter applies: a scorer keeps the guided chosen side only where it beats the
+    # policy's own sample (every case's original prompt is then sampled too)
+    filters_chosen = False
 
     def sample_requests(self, records: Records, guidance: str = "system_turn",
                         original_too: int | None = None) -> list[SampleRequest]:
@@ -135,14 +159,33 @@ class Method:
         """Whether a reward model ranks this method's samples on ``records``."""
         return False
 
+    def scored_for_filter(self, records: Records, samples: Samples) -> list[tuple[str, DsatCase, str]]:
+        """What method.chosen_filter's scorer must score: (score key, case, text) for every case's guided
+        and own sample (where usable) and its DSAT reply (key prompt_id(case_id, DSAT))."""
+        if not self.filters_chosen:
+            raise ValueError(f"method.chosen_filter applies to {', '.join(FILTERING_METHODS)}, not {self.name!r}")
+        wanted = []
+        for case in records.dsat_cases:
+            for kind in (GUIDED, ORIGINAL):
+                texts = samples.get(prompt_id(case.case_id, kind), [])
+                if texts and texts[0].strip():
+                    wanted.append((prompt_id(case.case_id, kind), case, texts[0]))
+            wanted.append((prompt_id(case.case_id, DSAT), case, case.dsat_reply))
+        return wanted
+
     def build_pairs(self, records: Records, samples: Samples, rewards: dict[str, list[float]] | None = None,
-                    unfinished: frozenset[tuple[str, int]] = frozenset()) -> tuple[list[PreferencePair], list[Rejected]]:
+                    unfinished: frozenset[tuple[str, int]] = frozenset(),
+                    chosen_filter: str = NO_FILTER) -> tuple[list[PreferencePair], list[Rejected]]:
         """Pairs for one iteration. A record whose sample is missing (quarantined) is rejected, with the reason.
 
         ``unfinished`` holds the (prompt_id, sample_index) of samples cut at max_new_tokens and kept
         (sampler.truncated=keep): their side of the pair is marked unfinished (no end-of-turn token).
+        ``chosen_filter`` (not none): ``rewards`` holds the scores ``scored_for_filter`` asked for.
         """
-        builder = PairBuilder(self.name, samples, unfinished)
+        if chosen_filter != NO_FILTER and not self.filters_chosen:
+            raise ValueError(f"method.chosen_filter={chosen_filter} applies to {', '.join(FILTERING_METHODS)}, "
+                             f"not {self.name!r}")
+        builder = PairBuilder(self.name, samples, unfinished, rewards, chosen_filter)
         if uses_feedback_records(records):
             self.feedback_pairs(builder, records)
         else:
@@ -158,13 +201,46 @@ class Method:
 
 
 class Drift(Method):
-    """chosen: the guided sample; rejected: the real DSAT reply (preference pairs: keep the rejected)."""
+    """chosen: the guided sample; rejected: the real DSAT reply (preference pairs: keep the rejected).
+    With method.chosen_filter, only where the scorer prefers the guided sample to the policy's own."""
 
-    name, samples_guided, guidance_check = "drift", True, True
+    name, samples_guided, guidance_check, filters_chosen = "drift", True, True, True
 
     def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
         for case in records.dsat_cases:
-            builder.add(case.case_id, original_prompt(case), (case.case_id, GUIDED, 0), case.dsat_reply)
+            if builder.chosen_filter == NO_FILTER:
+                builder.add(case.case_id, original_prompt(case), (case.case_id, GUIDED, 0), case.dsat_reply)
+            else:
+                self.filtered_pair(builder, case)
+
+    def filtered_pair(self, builder: PairBuilder, case: DsatCase) -> None:
+        """method.chosen_filter: the guided pair where the guided sample scores above the policy's own (or
+        the own sample was quarantined); otherwise nothing (drop) or, where the own sample scores above the
+        DSAT reply, the own sample as the chosen side (own_fallback)."""
+        if builder.rewards is None:
+            raise ValueError("method.chosen_filter compares the guided and own samples: it needs their scores")
+
+        def score(kind: str) -> float | None:
+            usable = kind == DSAT or builder.has_sample(case.case_id, kind)
+            return builder.rewards[prompt_id(case.case_id, kind)][0] if usable else None
+
+        guided, own, dsat = score(GUIDED), score(ORIGINAL), score(DSAT)
+        prompt = original_prompt(case)
+        if guided is not None and (own is None or guided > own):
+            builder.add(case.case_id, prompt, (case.case_id, GUIDED, 0), case.dsat_reply)
+        elif guided is None and builder.chosen_filter == DROP:
+            builder.sample_of(case.case_id, GUIDED)  # rejects the case: no usable guided sample
+        elif builder.chosen_filter == DROP:
+            builder.rejects.append(Rejected(case.case_id, GUIDED_NOT_BETTER,
+                                            f"guided sample scored {guided:.4g}, the policy's own {own:.4g}"))
+        elif own is not None and own > dsat:
+            builder.add(case.case_id, prompt, (case.case_id, ORIGINAL, 0), case.dsat_reply, source=f"{self.name}:{OWN_CHOSEN}")
+        elif own is None:
+            builder.sample_of(case.case_id, ORIGINAL)  # rejects the case: neither sample is usable
+        else:
+            guided_text = "no usable guided sample" if guided is None else f"guided sample scored {guided:.4g}"
+            builder.rejects.append(Rejected(case.case_id, OWN_NOT_BETTER,
+                                            f"{guided_text}, the policy's own {own:.4g}, the DSAT reply {dsat:.4g}"))
 
     def preference_pair(self, builder, pair, rewards) -> None:
         builder.add(pair.pair_id, pair.prompt, (pair.pair_id, ORIGINAL, 0), pair.rejected)
@@ -173,7 +249,7 @@ class Drift(Method):
 class DriftUnguided(Drift):
     """chosen: the sample from the original prompt; rejected: the real DSAT reply."""
 
-    name, samples_guided, samples_original, guidance_check = "drift_unguided", False, True, False
+    name, samples_guided, samples_original, guidance_check, filters_chosen = "drift_unguided", False, True, False, False
 
     def feedback_pairs(self, builder: PairBuilder, records: Records) -> None:
         for case in records.dsat_cases:
@@ -231,12 +307,13 @@ class WarmStart(Method):
 
     name, iterative = "warmstart", False
 
-    def build_pairs(self, records, samples, rewards=None, unfinished=frozenset()):
+    def build_pairs(self, records, samples, rewards=None, unfinished=frozenset(), chosen_filter=NO_FILTER):
         return list(records.seed_pairs), []
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (WarmStart(), Drift(), DriftUnguided(), Spin(), IterDpo())}
 ITERATIVE_METHODS = tuple(name for name, m in METHODS.items() if m.iterative)
+FILTERING_METHODS = tuple(name for name, m in METHODS.items() if m.filters_chosen)
 
 
 def method_named(name: str) -> Method:
@@ -253,6 +330,17 @@ def sample_requests(method: str, records: Records, guidance: str = "system_turn"
 
 
 def build_pairs(method: str, records: Records, samples: Samples, rewards: dict[str, list[float]] | None = None,
-                unfinished: frozenset[tuple[str, int]] = frozenset()) -> tuple[list[PreferencePair], list[Rejected]]:
+                unfinished: frozenset[tuple[str, int]] = frozenset(),
+                chosen_filter: str = NO_FILTER) -> tuple[list[PreferencePair], list[Rejected]]:
     """``method_named(method).build_pairs(...)``."""
-    return method_named(method).build_pairs(records, samples, rewards, unfinished)
+    return method_named(method).build_pairs(records, samples, rewards, unfinished, chosen_filter)
+
+
+def chosen_counts(pairs: list[PreferencePair], rejects: list[Rejected]) -> dict[str, int]:
+    """One iteration under method.chosen_filter: pairs whose chosen side is the guided sample and the
+    policy's own, and the cases left without a pair, by reason."""
+    own = sum(pair.source.endswith(f":{OWN_CHOSEN}") for pair in pairs)
+    counts = {"guided_chosen": len(pairs) - own, "own_chosen": own}
+    for reason in (GUIDED_NOT_BETTER, OWN_NOT_BETTER, "no_sample", "identical_sides"):
+        counts[reason] = sum(reject.reason == reason for reject in rejects)
+    return counts

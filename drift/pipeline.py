@@ -247,8 +247,10 @@ def sample_stage(run: Run, iteration: int, policy: str) -> tuple[dict[str, list[
         texts.extend([""] * (row["sample_index"] + 1 - len(texts)))
         texts[row["sample_index"]] = row["text"]
     unfinished = frozenset((row["prompt_id"], row["sample_index"]) for row in rows if row["finish_reason"] != "eos")
+    from drift.guidance import check_summary
+
     check = guidance_check_stage(run, folder, samples) if run.runtime.is_main else None
-    run.summary["stages"][f"iter_{iteration}"] = {"guidance_check": check["overall"]} if check else {}
+    run.summary["stages"][f"iter_{iteration}"] = {"guidance_check": check_summary(check)} if check else {}
     return samples, unfinished
 
 
@@ -261,14 +263,14 @@ def guidance_check_stage(run: Run, folder: Path, samples: dict[str, list[str]]) 
     if not guidance_check_runs(config):
         return None
     path = folder / "guidance_check.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    scorer, kind_of = scorer_for(config, "cuda" if torch.cuda.is_available() else "cpu")
-    records = run.checked.records
-    first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
-                          if samples.get(prompt_id(c.case_id, kind), [""])[0]}
-    check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
-    write_json_atomic(path, {"scorer": scorer_name(config), "guidance": config.data.guidance, **check})
+    check = json.loads(path.read_text()) if path.is_file() else {}
+    if "by_rule" not in check:  # not checked yet, or before the per-rule table and the paired margin
+        scorer, kind_of = scorer_for(config, "cuda" if torch.cuda.is_available() else "cpu")
+        records = run.checked.records
+        first = lambda kind: {c.case_id: samples[prompt_id(c.case_id, kind)][0] for c in records.dsat_cases  # noqa: E731
+                              if samples.get(prompt_id(c.case_id, kind), [""])[0]}
+        check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
+        write_json_atomic(path, {"scorer": scorer_name(config), "guidance": config.data.guidance, **check})
     print(format_check(check, f"{folder.parent.name}, data.guidance={config.data.guidance}, {scorer_name(config)}"), flush=True)
     return check
 
@@ -287,25 +289,39 @@ def describe_requests(job) -> str:
 
 def pairs_stage(run: Run, iteration: int, samples: dict[str, list[str]],
                 unfinished: frozenset[tuple[str, int]] = frozenset()) -> list[PreferencePair]:
-    """The method's pairs from the records and this iteration's samples (rank 0 builds, the others read)."""
+    """The method's pairs from the records and this iteration's samples (rank 0 builds, the others read);
+    under method.chosen_filter, scored first, and how many cases kept which chosen side counted."""
+    from drift.methods import chosen_counts
+    from drift.plan import filters_chosen
+
     folder, key, finished = open_stage(run, f"iter_{iteration}/pairs")
+    config = run.config
     if not finished:
         records = run.checked.records
-        method = method_named(run.config.method.name)
+        method = method_named(config.method.name)
 
         def build() -> None:
-            rewards = _score_samples(run.config, records, samples) if method.needs_reward_model(records) else None
-            pairs, rejects = method.build_pairs(records, samples, rewards, unfinished)
+            if filters_chosen(config):
+                rewards = _score_for_filter(run, method, samples)
+            else:
+                rewards = _score_samples(config, records, samples) if method.needs_reward_model(records) else None
+            pairs, rejects = method.build_pairs(records, samples, rewards, unfinished, config.method.chosen_filter)
             rows = [asdict(pair) for pair in pairs]
             write_jsonl_atomic(folder / "pairs.jsonl", rows)
             write_jsonl_atomic(folder / "rejects.jsonl", [asdict(reject) for reject in rejects])
-            finish(folder, key, fingerprint(rows), {"pairs": len(pairs), "rejected": len(rejects)})
+            counts = {"chosen_filter": {"filter": config.method.chosen_filter, **chosen_counts(pairs, rejects)}} \
+                if filters_chosen(config) else {}
+            finish(folder, key, fingerprint(rows), {"pairs": len(pairs), "rejected": len(rejects), **counts})
 
         on_main_then_wait(run.runtime, build)
         run.outputs[f"iter_{iteration}/pairs"] = output_of(folder)
     pairs = [pair_from_row(row) for row in read_jsonl(folder / "pairs.jsonl")]
     if not pairs:
         raise RuntimeError(f"no pairs were built for {folder}; see {folder / 'rejects.jsonl'}")
+    if filters_chosen(config):
+        counts = (read_done(folder) or {}).get("chosen_filter", {})
+        run.summary["stages"].setdefault(f"iter_{iteration}", {})["chosen_filter"] = counts
+        run.say(f"iter_{iteration} pairs: {format_chosen_counts(counts)}")
     if not finished:
         from collections import Counter
 
@@ -400,6 +416,33 @@ def evaluate_stage(run: Run) -> None:
 
 def _initial_source(run: Run) -> str:
     return str(run.run_dir / INITIAL) if is_tiny(run.config) else resolve_source(run.config.model)
+
+
+def _score_for_filter(run: Run, method, samples: dict[str, list[str]]) -> dict[str, list[float]]:
+    """method.chosen_filter's scores: every case's guided and own sample and its DSAT reply, by the
+    pair scorer (gold on the testbed, reward.model on real data), keyed as the method asks."""
+    from drift.guidance import pair_scorer_name, scorer_for
+
+    config = run.config
+    wanted = method.scored_for_filter(run.checked.records, samples)
+    scorer, _ = scorer_for(config, "cuda" if torch.cuda.is_available() else "cpu", pair_scorer_name(config))
+    started = time.monotonic()
+    scores = scorer([(case, text) for _, case, text in wanted])
+    run.say(f"pairs: {len(wanted)} replies scored by {pair_scorer_name(config)} for method.chosen_filter="
+            f"{config.method.chosen_filter} in {seconds_text(time.monotonic() - started)}")
+    return {key: [scored.score] for (key, _, _), scored in zip(wanted, scores)}
+
+
+def format_chosen_counts(counts: dict) -> str:
+    """'method.chosen_filter=own_fallback: 27 with the guided sample chosen, 36 with the policy's own, 9 cases
+    without a pair (own not better than dsat 4, no sample 5)'."""
+    from drift.methods import GUIDED_NOT_BETTER, OWN_NOT_BETTER
+
+    dropped = {reason: counts.get(reason, 0) for reason in (GUIDED_NOT_BETTER, OWN_NOT_BETTER, "no_sample", "identical_sides")}
+    why = ", ".join(f"{reason.replace('_', ' ')} {count}" for reason, count in dropped.items() if count)
+    return (f"method.chosen_filter={counts.get('filter')}: {counts.get('guided_chosen', 0)} with the guided sample chosen, "
+            f"{counts.get('own_chosen', 0)} with the policy's own, {sum(dropped.values())} cases without a pair"
+            + (f" ({why})" if why else ""))
 
 
 def _score_samples(config: Config, records, samples: dict[str, list[str]]) -> dict[str, list[float]]:
@@ -502,6 +545,13 @@ def format_summary(summary: dict) -> str:
                 f"{name:<10} {stats['pairs']:>5} {stats['steps']:>5} {stats['mean_loss']:>8.4f} {stats['mean_margin']:>8.4f} "
                 f"{stats['mean_accuracy']:>5.2f} {stats['mean_gradient_weight']:>7.4f} {stats.get('reference_sequences', 0):>7}"
             )
+    for name, stats in summary["stages"].items():
+        if stats.get("guidance_check"):
+            from drift.guidance import format_check_line
+
+            lines.append(f"{name:<10} {format_check_line(stats['guidance_check'])}")
+        if stats.get("chosen_filter"):
+            lines.append(f"{name:<10} pairs under {format_chosen_counts(stats['chosen_filter'])}")
     if "heldout" in summary:
         from drift.eval.heldout import format_eval
 

@@ -71,14 +71,23 @@ def guidance_check_runs(config) -> bool:
     return method_named(config.method.name).guidance_check and scorer_name(config) is not None
 
 
+def filters_chosen(config) -> bool:
+    """Whether method.chosen_filter is on (preflight refuses it for a method it does not apply to)."""
+    from drift.methods import NO_FILTER
+
+    return config.method.chosen_filter != NO_FILTER
+
+
 def sample_job(config, records, sampler, checkpoint: str, folder):
-    """The sampler request of an iteration: the method's prompts, the run's sampler settings."""
+    """The sampler request of an iteration: the method's prompts, the run's sampler settings.
+    method.chosen_filter compares every case's guided sample with the policy's own: all cases'
+    original prompts are sampled (the guidance check then covers every case)."""
     from drift.sampler.client import SamplingJob
 
     method = method_named(config.method.name)
     check = guidance_check_runs(config)
-    requests = method.sample_requests(records, config.data.guidance,
-                                      original_too=config.method.guidance_check_cases if check else None)
+    original_too = 0 if filters_chosen(config) else config.method.guidance_check_cases if check else None
+    requests = method.sample_requests(records, config.data.guidance, original_too=original_too)
     described = {"method.name": config.method.name, "data.guidance": config.data.guidance}
     if check:
         described |= {"method.guidance_check": config.method.guidance_check,
@@ -87,6 +96,16 @@ def sample_job(config, records, sampler, checkpoint: str, folder):
                        max_prompt_length=config.trainer.max_prompt_length, prompt_format=config.data.prompt_format,
                        device=config.trainer.device, trust_remote_code=config.model.trust_remote_code,
                        described_by=described)
+
+
+def chosen_filter_settings(config) -> dict:
+    """What shapes method.chosen_filter's pairs: its value and its scorer (the gold specs' file, or the
+    reward model's settings). Recorded only when the filter is on, so that earlier runs keep their keys."""
+    from drift.guidance import pair_scorer_name
+
+    scorer = pair_scorer_name(config)
+    settings = {"method.chosen_filter": config.method.chosen_filter, "method.chosen_filter.scorer": scorer}
+    return settings | (select(config, "data.name", "data.path") if scorer == "gold reward" else select(config, "reward."))
 
 
 def stage_plan(config, records, sampler, heldout_rows: list[dict] | None = None) -> list[PlannedStage]:
@@ -114,6 +133,8 @@ def stage_plan(config, records, sampler, heldout_rows: list[dict] | None = None)
         reference = policy if config.method.reference == "iteration_start" else INITIAL
         job = sample_job(config, records, sampler, "", None)
         pair_settings = select(config, "method.name", *(["reward."] if method.needs_reward_model(records) else []))
+        if filters_chosen(config):
+            pair_settings |= chosen_filter_settings(config)
         plan += [
             PlannedStage(f"{it}/sample", (policy,), lambda up, job=job: request_key(job, checkpoint_fingerprint=up[0])),
             PlannedStage(f"{it}/pairs", (f"{it}/sample",),

@@ -43,9 +43,11 @@ def check_run(config, run_dir: str | os.PathLike, *, consume: bool = False) -> C
     if memo in _checked:
         return _checked.pop(memo) if consume else _checked[memo]
     config.validate()
+    check_chosen_filter(config)
     check_backends(config)
     check_model_source(config.model)
     records = check_data(config.data, offline=config.model.local_files_only)
+    check_chosen_filter(config, records)
     if config.method.warmstart_epochs > 0 and not records.seed_pairs:
         raise ConfigError(f"data {config.data.name!r} yielded no DSAT->SAT seed pairs for the warm start "
                           f"({len(records.rejects)} records rejected); set method.warmstart_epochs=0 to skip it")
@@ -110,6 +112,47 @@ def check_warmstart_source(config, plan) -> None:
             raise ConfigError(f"method.warmstart_from={source}: its warm start was trained with other settings or inputs "
                               f"({'; '.join(differences(recorded, wanted))}); use the same values or drop method.warmstart_from")
         outputs[stage.name] = output_of(source / stage.name)
+
+
+def check_chosen_filter(config, records=None) -> None:
+    """method.chosen_filter: a method whose chosen side is the guided sample, a scorer to compare it with
+    the policy's own (gold on a testbed, else reward.model on this machine), and (given ``records``)
+    DSAT cases with feedback to guide by."""
+    from drift.guidance import pair_scorer_name
+    from drift.methods import FILTERING_METHODS, method_named
+    from drift.plan import filters_chosen
+
+    if not filters_chosen(config):
+        return
+    value, method = config.method.chosen_filter, config.method.name
+    if not method_named(method).filters_chosen:
+        raise ConfigError(f"method.chosen_filter={value} chooses between a guided sample and the policy's own, which "
+                          f"{', '.join(FILTERING_METHODS)} trains as the chosen side and method {method} does not; "
+                          "set method.chosen_filter=none")
+    scorer = pair_scorer_name(config)
+    if scorer is None or (scorer != "gold reward" and not reward_model_found(config.reward)):
+        found = "is not set" if not config.reward.model else f"({config.reward.model}) is not on this machine"
+        raise ConfigError(f"method.chosen_filter={value} needs a scorer and this run has none: data={config.data.name} "
+                          f"has no gold reward and reward.model {found}; give reward.model=<a reward model folder>, "
+                          "or set method.chosen_filter=none")
+    if records is not None and not records.dsat_cases:
+        raise ConfigError(f"method.chosen_filter={value} compares replies to the guided prompt, and data={config.data.name} "
+                          "has no DSAT cases with feedback to guide by; set method.chosen_filter=none")
+
+
+def reward_model_found(reward_cfg) -> bool:
+    """reward.model is a folder with config.json, or a hub name this machine can load (cached, when
+    downloads are off)."""
+    name = reward_cfg.model
+    if os.path.isdir(name):
+        return os.path.isfile(os.path.join(name, "config.json"))
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        return False
+    if not reward_cfg.local_files_only:
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
 
 
 def check_data(data_cfg, *, offline: bool, tokenizer=None):
