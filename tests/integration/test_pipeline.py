@@ -46,19 +46,22 @@ def _tree(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """An uninterrupted run, and one killed in iteration 2's training and rerun."""
+    """An uninterrupted run, and one killed in iteration 2's training and rerun (from the first's warm start)."""
     root = tmp_path_factory.mktemp("pipeline")
     heldout = (ROOT / "drift/data/fixtures/testbed_heldout.jsonl").read_text().splitlines()
     (root / "heldout.jsonl").write_text("\n".join(heldout[:3]) + "\n")
     run, partial = root / "out" / "pipe", root / "out" / "resumed"
     first = _launch(run)
     assert first.returncode == 0, first.stderr[-3000:]
-    killed = _launch(partial, wrapper=("tests/kill_after_checkpoint.py", "iter_2:3"))
+    # the resumed run starts from the first run's warm start (linked, not trained again): what is
+    # tested here is a kill in iteration 2, and a warm start shared under torchrun on the way
+    shared = f"method.warmstart_from={run}"
+    killed = _launch(partial, shared, wrapper=("tests/kill_after_checkpoint.py", "iter_2:3"))
     assert killed.returncode != 0
     assert (partial / "iter_2/train/checkpoint/trainer_state.json").exists()
     assert not (partial / "iter_2/train/done").exists()
     finished_before = {stage: (partial / stage / "done").stat().st_mtime_ns for stage in ("iter_0/train", "iter_2/sample")}
-    again = _launch(partial)
+    again = _launch(partial, shared)
     assert again.returncode == 0, again.stderr[-3000:]
     return run, partial, finished_before
 
