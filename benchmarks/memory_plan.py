@@ -706,13 +706,13 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
 
     rows = []
     for case in VALIDATION_CASES:
-        ranks = case.get("nproc", nproc)
-        arch, setting = case_setting(case, ranks)
+        case_nproc = case.get("nproc", nproc)
+        arch, setting = case_setting(case, case_nproc)
         name, plan_rows, plan_peak = peak_phase(arch, setting)
         with tempfile.TemporaryDirectory(prefix="memory_plan_") as work:
             result_path = Path(work) / "result.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT)}
-            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(case_nproc),
                        str(Path(__file__).resolve()), "--measure", json.dumps(case), "--measure-out", str(result_path)]
             print(f"measuring {case['name']} ({arch.total_params() / 1e6:.1f}M parameters, {setting.tokens} tokens "
                   f"per forward) ...", file=sys.stderr, flush=True)
@@ -724,7 +724,7 @@ def run_validation(out: Path, nproc: int = 2) -> dict:
         measured_state = max(r["step2"]["resident_at_start"] for r in ranks)
         plan_state = plan_rows["params_master"] + plan_rows["optimizer"] + plan_rows.get("params_base", 0.0)
         rows.append(dict(
-            case=case, nproc=ranks, params=arch.total_params(), tokens_per_forward=setting.tokens, scored=setting.scored,
+            case=case, nproc=case_nproc, params=arch.total_params(), tokens_per_forward=setting.tokens, scored=setting.scored,
             plan_peak_phase=name, plan_peak_bytes=plan_peak, plan_rows=plan_rows, measured_peak_bytes=measured_peak,
             peak_ratio=measured_peak / plan_peak, plan_state_bytes=plan_state, measured_state_bytes=measured_state,
             state_ratio=measured_state / plan_state, ranks=ranks,
