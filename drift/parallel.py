@@ -108,17 +108,12 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(rank, world_size, local_rank, target, dtype, export_dtype=None if use_cuda else torch.float32)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and
-    slower than fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def resolve_precision(precision: str, use_cuda: bool) -> str:
     """trainer.precision=auto: bf16 compute on GPU and on a CPU with native bf16, else fp32. bf16 is
     mixed precision everywhere: fp32 master weights and optimizer state, bf16 matmuls under autocast
     (FSDP's param_dtype under torchrun), the log-prob head's softmax in fp32."""
+    from drift.backends import cpu_has_bf16
+
     if precision != "auto":
         return precision
     return "bf16" if use_cuda or cpu_has_bf16() else "fp32"

@@ -362,9 +362,9 @@ def choose_engine(model, requested: str) -> tuple[str, str | None]:
 
 
 def sampling_dtype(requested: str, use_cuda: bool) -> torch.dtype:
-    if requested == "auto":
-        return torch.bfloat16 if use_cuda else torch.float32
-    return getattr(torch, requested)
+    from drift.backends import resolve_sampler_dtype
+
+    return getattr(torch, resolve_sampler_dtype(requested, use_cuda))
 
 
 def _run_hf(checkpoint: str, requests: list[Request], tokenizer, cfg: SamplerConfig, stop_ids: list[int], *,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from drift.backends import check_attention, check_logprob_impl, check_sampler, resolve_sampler
+from drift.backends import check_attention, check_logprob_impl, check_sampler, cpu_has_bf16, resolve_sampler
 from drift.checks import ConfigError, MethodName, choices
 from drift.config import SamplerConfig
 from drift.fingerprint import FileContents, fingerprint
@@ -67,7 +67,10 @@ def test_backends_are_checked_by_name_before_any_work():
     with pytest.raises(ConfigError, match=r"^sampler=vllm runs on GPUs, but trainer.device=cpu; use sampler=hf"):
         check_sampler(SamplerConfig(backend="vllm"), "cpu")
     resolved, said = resolve_sampler(SamplerConfig(), "cpu")
-    assert resolved.backend == "hf" and said == "sampler: hf (sampler.backend=auto: no CUDA device)"
+    dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    assert resolved.backend == "hf" and resolved.dtype == dtype
+    assert said == f"sampler: hf {dtype} (sampler.backend=auto: no CUDA device)"
+    assert resolve_sampler(SamplerConfig(dtype="float32"), "cpu")[0].dtype == "float32"
     with pytest.raises(ConfigError, match="trainer.logprob_impl=triton"):
         check_logprob_impl("triton", "cpu")
     check_logprob_impl("auto", "cpu")
