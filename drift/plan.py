@@ -50,8 +50,14 @@ def seed_pair_rows(records) -> list[dict]:
 
 def initial_output(config) -> str:
     """The initial model's identity: its source, or for a tiny random model the settings that build it."""
-    return fingerprint(select(config, "model.", "trainer.seed") if is_tiny(config) else
+    return fingerprint(initial_settings(config) if is_tiny(config) else
                        {"model.name_or_path": config.model.name_or_path, "model.revision": config.model.revision})
+
+
+def initial_settings(config) -> dict:
+    """What builds a tiny random initial model: the model's settings and the seed (not model.lora, which
+    shapes the training stages only)."""
+    return without_lora(select(config, "model.", "trainer.seed"))
 
 
 def is_tiny(config) -> bool:
@@ -61,7 +67,14 @@ def is_tiny(config) -> bool:
 
 
 def train_settings(config, epochs_key: str, *extra: str) -> dict:
-    return select(config, "model.", "trainer.", "method.beta", "method.rpo_alpha", epochs_key, *extra)
+    settings = select(config, "model.", "trainer.", "method.beta", "method.rpo_alpha", epochs_key, *extra)
+    # without an adapter (model.lora.rank=0) its settings shape nothing: a full-weight run records the keys
+    # it recorded before model.lora existed
+    return settings if config.model.lora.rank else without_lora(settings)
+
+
+def without_lora(settings: dict) -> dict:
+    return {key: value for key, value in settings.items() if not key.startswith("model.lora.")}
 
 
 def guidance_check_runs(config) -> bool:
@@ -115,7 +128,7 @@ def stage_plan(config, records, sampler, heldout_rows: list[dict] | None = None)
     data = records_fingerprint(records)
     plan: list[PlannedStage] = []
     if is_tiny(config):
-        plan.append(PlannedStage(INITIAL, (), lambda _: StageKey({}, select(config, "model.", "trainer.seed"))))
+        plan.append(PlannedStage(INITIAL, (), lambda _: StageKey({}, initial_settings(config))))
     policy = INITIAL
     if config.method.warmstart_epochs > 0:
         plan += [

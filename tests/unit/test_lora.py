@@ -277,3 +277,16 @@ def test_one_process_under_autocast_keeps_one_copy_of_each_adapted_input():
     assert 0 <= fp32_adapter - bf16_adapter <= adapter_bytes
     # PEFT's default (the input cast up to fp32) would keep more than that: a copy per adapted projection
     assert saved_bytes(torch.float32, peft_cast=True) - bf16_adapter > 2 * adapter_bytes
+
+
+def test_adapter_settings_are_in_the_training_stages_keys_only_when_an_adapter_trains():
+    from drift.config import Config
+    from drift.plan import initial_settings, train_settings
+
+    full, adapted = Config(), Config()
+    full.model = ModelConfig(name="tiny", name_or_path="tiny:llama")
+    adapted.model = _model_cfg()
+    assert not any(key.startswith("model.lora.") for key in train_settings(full, "method.warmstart_epochs"))
+    assert train_settings(adapted, "method.warmstart_epochs")["model.lora.rank"] == 4
+    # the initial random model does not depend on the adapter
+    assert initial_settings(full) == initial_settings(adapted)
