@@ -172,7 +172,8 @@ def sdpa_packed_attention(query, key, value, layout: PackedLayout, window, scali
     for index, piece in enumerate(layout.pieces):
         mask = layout.cached(
             ("mask", index, window, query.device),
-            lambda: piece_mask(piece.q_length, piece.k_length, window, query.device),
+            # cached() calls the builder at once, so the loop's current piece is the one it reads
+            lambda: piece_mask(piece.q_length, piece.k_length, window, query.device),  # noqa: B023
         )
         outputs.append(
             F.scaled_dot_product_attention(

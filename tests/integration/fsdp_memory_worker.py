@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from tiny import synthetic_pairs, tiny_config  # noqa: E402
 from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 
@@ -29,7 +30,6 @@ import drift.train  # noqa: E402
 from drift.model import load_model, load_tokenizer  # noqa: E402
 from drift.parallel import init_runtime  # noqa: E402
 from drift.train import Stage, StageTrainer, _build_policy  # noqa: E402
-from tiny import synthetic_pairs, tiny_config  # noqa: E402
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:

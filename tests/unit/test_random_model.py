@@ -11,8 +11,14 @@ import torch
 
 from drift.config import ModelConfig
 from drift.model import (
-    RANDOM_WEIGHTS_FILE, RANDOM_WEIGHTS_SEED, build_byte_tokenizer, build_random_model, load_model, load_tokenizer,
-    resolve_source, write_model_shape,
+    RANDOM_WEIGHTS_FILE,
+    RANDOM_WEIGHTS_SEED,
+    build_byte_tokenizer,
+    build_random_model,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+    write_model_shape,
 )
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, INTERMEDIATE = 48, 3, 6, 2, 80
