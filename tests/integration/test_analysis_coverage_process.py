@@ -35,7 +35,7 @@ def test_coverage_command_end_to_end(tmp_path, monkeypatch, capfd):
     # one method: the sampler process draws m replies for each of the first `limit` prompts
     command.run_coverage(compose_command("coverage", [f"checkpoint={{drift:'{policy}'}}", *common, "grid=20", "plots=0"]),
                          embed=fake_embed, project=fake_project)
-    assert "sampler: 10 samples for 2 prompts" in capfd.readouterr().out
+    assert "sampled 10 of 10 replies for 2 prompts" in capfd.readouterr().out
     assert json.loads((out / "coverage.json").read_text())["prompts"][0]["grid_cells"] == 400
     # a second name for the same checkpoint, same sampler keys: the same request, so its samples folder
     # may be a copy (saves a second sampler process here); both are reused, none is sampled again
