@@ -290,3 +290,33 @@ def test_adapter_settings_are_in_the_training_stages_keys_only_when_an_adapter_t
     assert train_settings(adapted, "method.warmstart_epochs")["model.lora.rank"] == 4
     # the initial random model does not depend on the adapter
     assert initial_settings(full) == initial_settings(adapted)
+
+
+def test_a_base_frozen_in_bf16_is_what_the_adapter_applies_to(tmp_path):
+    """Trained in bf16, the frozen base is the bf16 rounding of the weights it was loaded from: the merged
+    model/ equals the adapter on the base loaded in bf16, not on an fp32 copy of it (docs/lora.md)."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    cfg = _model_cfg()
+    tokenizer = build_byte_tokenizer()
+    base = _tiny(cfg)  # fp32 weights on disk, as the embedded SmolLM2's cache holds them
+    save_hf_checkpoint(base, tokenizer, base.state_dict(), tmp_path / "base")
+    ours = lora.attach(_tiny(cfg, torch.bfloat16), cfg.lora, base=str(tmp_path / "base"), seed=0, model_name=cfg.name_or_path)
+    _randomize_adapter(ours)
+    state = ours.state_dict()
+    lora.save_adapter(ours, state, tmp_path / "stage" / lora.ADAPTER)
+    save_hf_checkpoint(ours, tokenizer, lora.merged_state(state, lora.scaling(ours), torch.float32), tmp_path / "stage" / "model",
+                       dtype=torch.float32)
+
+    ids = torch.randint(3, 250, (2, 30), generator=torch.Generator().manual_seed(1))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "stage" / "model", dtype=torch.float32)
+
+    def adapted(dtype):
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=dtype).float()
+        return peft.PeftModel.from_pretrained(loaded, tmp_path / "stage" / lora.ADAPTER)
+
+    with torch.no_grad():
+        expected = plain(ids).logits
+        torch.testing.assert_close(adapted(torch.bfloat16)(ids).logits, expected, atol=1e-5, rtol=1e-5)
+        assert (adapted(torch.float32)(ids).logits - expected).abs().max() > 1e-4
