@@ -544,9 +544,10 @@ def _oom_advice(error: Exception, t: TrainerConfig, model_cfg: ModelConfig) -> R
     unsharded = "" if t.accumulate_sharded_grads else (
         "Set trainer.accumulate_sharded_grads=true (now false: a full fp32 gradient per rank between micro-batches). "
     )
+    adapter = "" if model_cfg.lora.rank else ", or train a LoRA adapter instead of every weight (model.lora.rank=16, docs/lora.md)"
     return RuntimeError(
         f"out of memory ({error}). {unsharded}Lower trainer.per_device_batch_size (now {t.per_device_batch_size}) and raise "
         f"trainer.grad_accum_steps to keep the global batch, set trainer.max_tokens_per_forward (now "
         f"{t.max_tokens_per_forward}; it splits each micro-batch), lower trainer.max_length (now {t.max_length}), or "
-        f"turn on model.gradient_checkpointing=true (now {model_cfg.gradient_checkpointing})"
+        f"turn on model.gradient_checkpointing=true (now {model_cfg.gradient_checkpointing}){adapter}"
     )
