@@ -14,6 +14,8 @@ FIXTURES = Path(__file__).resolve().parents[3] / "drift" / "data" / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 
 from testbed_compose import (  # noqa: E402
+    COMPACT_HELDOUT_FILE,
+    COMPACT_TRAIN_FILE,
     HELDOUT_FILE,
     REVEALED_SPEC,
     REVEALED_TELLS,
@@ -28,8 +30,23 @@ from testbed_topics import HELDOUT_TOPICS, TRAIN_TOPICS  # noqa: E402
 
 def test_shipped_files_are_what_the_composer_writes(tmp_path):
     main(tmp_path)
-    for name in (TRAIN_FILE, HELDOUT_FILE):
+    for name in (TRAIN_FILE, HELDOUT_FILE, COMPACT_TRAIN_FILE, COMPACT_HELDOUT_FILE):
         assert (tmp_path / name).read_text() == (FIXTURES / name).read_text(), name
+
+
+def test_the_compact_testbed_is_whole_topics_of_the_full_one_with_every_kind():
+    full, compact = ((FIXTURES / name).read_text().splitlines() for name in (TRAIN_FILE, COMPACT_TRAIN_FILE))
+    assert set(compact) < set(full) and compact == [line for line in full if line in set(compact)]
+    records = load_records(DataConfig(name="testbed_compact"))
+    topics = {case.case_id.split("-")[1] for case in records.dsat_cases}
+    assert len(records.dsat_cases) == 6 * len(topics) and not records.rejects and records.seed_pairs
+    specs = load_specs(FIXTURES / COMPACT_TRAIN_FILE)
+    stated = {json.dumps(spec) for spec in specs.values() if spec != REVEALED_SPEC}
+    assert len(stated) == len(STATED_KINDS)  # every stated kind is trained on
+    heldout, compact_heldout = read_heldout("testbed"), read_heldout("testbed_compact")
+    assert [row for row in heldout if row in compact_heldout] == compact_heldout
+    assert {json.dumps(row["Preference"]) for row in compact_heldout if row["kind"] == "stated"} == stated
+    assert sum(row["kind"] == "revealed" for row in compact_heldout) == len(compact_heldout) // 2
 
 
 def test_scale_and_kinds():
