@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from drift.config import SamplerConfig
+from drift.console import ON_TERMINAL
 from drift.data.prompts import render_prompt_ids
 from drift.fingerprint import fingerprint
 from drift.model import build_byte_tokenizer
@@ -88,7 +89,10 @@ def test_a_killed_sampler_leaves_no_samples_file(checkpoint, tmp_path):
     (out_dir / SAMPLES_FILE).write_text('{"prompt_id": "stale"}\n')
     process = subprocess.Popen(
         sampler_command(checkpoint, prompts, out_dir, "sampler.max_new_tokens=400", "sampler.batch_size=4"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=SUBPROCESS_ENV,
+        # bars show only where a person watches: this pipe stands in for a terminal, since the bar's
+        # rate is the sign that generation has started
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**SUBPROCESS_ENV, ON_TERMINAL: "1"},
     )
     generating = threading.Event()
 
