@@ -1,6 +1,6 @@
 """The main job's console, `python launch/train.py` on the tiny model (the compact testbed and its recipe,
 shorter replies): a person can read it -- at most 40 lines, a line when each stage starts and ends, one
-line about wandb and none of its history, no progress bars off a terminal, the held-out table and the
+line about wandb and none of its history, no progress bars off a terminal, the guidance check's per-rule table, the held-out table and the
 figures at the end -- and the run folder's train.log holds the same text."""
 
 import json
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 def test_main_job_console_is_short_and_its_log_is_the_same_text(tmp_path):
     command = [sys.executable, "launch/train.py", "model=tiny", "sampler.max_new_tokens=12", "eval.max_new_tokens=12",
                "trainer.max_length=3072", "trainer.max_prompt_length=2048", "trainer.lr=1e-3", "logging.wandb_mode=offline",
+               "sampler.truncated=keep",  # every 12-token reply counts, so the guidance check has cases
                "run_name=main", f"output_dir={tmp_path}"]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=900)
     console = result.stdout
@@ -43,3 +44,9 @@ def test_main_job_console_is_short_and_its_log_is_the_same_text(tmp_path):
     assert list((run / "figures" / "dynamics").glob("*.png"))
     summary = json.loads((run / "summary.json").read_text())
     assert list(summary["heldout"]) == ["base", "warmstart", "iter_1"]
+    # the guidance check's paired margin and its per-rule table, every rule summary.json keeps, on the console
+    check = summary["stages"]["iter_1"]["guidance_check"]
+    margin = check["overall"]["margin_over_own"]
+    assert any("guidance check" in line and f"{margin['margin']:+.3f} ± {margin['se']:.3f} paired" in line for line in lines)
+    header = next(index for index, line in enumerate(lines) if line.split()[:2] == ["rule", "cases"])
+    assert [line.split()[0] for line in lines[header + 1:header + 1 + len(check["by_rule"])]] == list(check["by_rule"])
