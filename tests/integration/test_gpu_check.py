@@ -6,7 +6,6 @@ parts, and leaves at most 8 files in the one output folder, its table printed la
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 PARTS = ["setup", "gpu", "logprob_kernels", "dpo_step", "drift_iteration", "memory_plan", "report"]
@@ -23,13 +24,7 @@ SEVEN_MINUTES = 420
 
 
 def _module(relative: str):
-    name = f"gpu_check_{Path(relative).stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / relative)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script(relative)
 
 
 def _dry_run(**env: str) -> str:

@@ -1,8 +1,6 @@
 """benchmarks/heldout_resample.py: a finished run's models scored again with K replies per prompt."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,18 +8,13 @@ import yaml
 
 from drift.data.sources import TESTBED_HELDOUT
 from drift.eval.gold import gold_reward
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _resample():
-    name = "heldout_resample_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "heldout_resample.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("benchmarks/heldout_resample.py")
 
 
 def fake_run(folder: Path, checkpoint: Path) -> tuple[Path, list[dict]]:

@@ -1,23 +1,17 @@
 """benchmarks/guidance_compare.py's report: paired gains per kind and their mean over seeds, by hand."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def compare_module():
-    name = "guidance_compare_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "guidance_compare.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("benchmarks/guidance_compare.py")
 
 
 KINDS = {"stated": ["s1", "s2"], "revealed": ["r1", "r2"]}

@@ -4,26 +4,20 @@ backward against what autograd really saves, and the issue's qwen14b plan agains
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "benchmarks" / "model_configs"
 
 
 def _memory_plan():
-    name = "memory_plan_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "memory_plan.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("benchmarks/memory_plan.py")
 
 
 mp = _memory_plan()

@@ -3,13 +3,12 @@ lines, the lean set as what drift and the GPU check need minus what the node has
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("offline_bundle", REPO / "launch" / "offline_bundle.py")
-bundle = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bundle)
+bundle = load_script("launch/offline_bundle.py")
 
 LOCK = """\
 datasets==5.2.0
