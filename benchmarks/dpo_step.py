@@ -1,12 +1,16 @@
 """The same DPO run through our trainer and through TRL, side by side, in one invocation.
 
     python benchmarks/dpo_step.py                     # SmolLM2-135M, 32 pairs, batch 4, max length 512
-    python benchmarks/dpo_step.py --variants ours trl_precompute --pairs 16
+    python benchmarks/dpo_step.py --variants ours_fp32 ours_bf16 trl_precompute_accum --pairs 16
     python benchmarks/dpo_step.py --model random:<folder with SmolLM2's config.json and tokenizer>
 
 Same seeded word-salad pairs (~180-word prompts, ~140-word responses), same model, batch, max
 length, optimizer (RMSprop, lr 5e-7, linear schedule, warmup 0.1), beta 0.1, no NLL term, one
-epoch. Each variant runs in a fresh subprocess so its peak RSS is its own. Reports pairs/s and
+epoch. Each variant runs in a fresh subprocess so its peak RSS is its own. A variant's precision is
+its suffix (``_fp32``, ``_bf16``: bf16 compute under autocast, fp32 master weights, for ours and for
+TRL alike, which runs HF Trainer's ``bf16=True``); without one, ours takes ``--precision`` and TRL
+runs bf16 on a GPU and fp32 on a CPU; ``_ckpt`` runs ours with gradient checkpointing
+(model.gradient_checkpointing=true: each layer's activations recomputed in backward). Reports pairs/s and
 tokens/s (median step after the first), peak memory, reference forwards and time, the final loss,
 and padding share; prints a table and writes benchmarks/results/dpo_step_<device>.json. Where the
 embedded model cannot be installed (a GPU node without network), ``--model random:<folder>`` runs
@@ -40,7 +44,23 @@ WORDS = (
     "never day same another know while last might us great old year off come since against go came right used take "
     "three river garden engine theory market winter silver letter window number system paper music"
 ).split()
-VARIANTS = ("ours", "ours_torchrun2", "trl", "trl_precompute", "trl_precompute_accum", "trl_liger")
+VARIANTS = ("ours", "ours_fp32", "ours_bf16", "ours_fp32_ckpt", "ours_bf16_ckpt", "ours_torchrun2", "trl", "trl_precompute", "trl_precompute_accum",
+            "trl_bf16", "trl_precompute_bf16", "trl_precompute_accum_bf16", "trl_liger")
+# what `python benchmarks/dpo_step.py` runs on a CPU: ours and TRL's variants in both precisions
+CPU_DEFAULT = ("ours_fp32", "ours_bf16", "ours_fp32_ckpt", "ours_bf16_ckpt", "trl", "trl_precompute", "trl_precompute_accum", "trl_precompute_accum_bf16")
+
+
+def variant_precision(variant: str, requested: str) -> str:
+    """fp32 or bf16 from the variant's name (``ours_bf16``, ``ours_bf16_ckpt``), else ``requested`` (--precision)."""
+    for suffix in ("fp32", "bf16"):
+        if f"_{suffix}" in variant:
+            return suffix
+    return requested
+
+
+def variant_checkpointing(variant: str, requested: bool) -> bool:
+    """Ours with gradient checkpointing: a ``_ckpt`` variant, or every one of ours under --gradient-checkpointing."""
+    return variant.endswith("_ckpt") or requested
 OUR_SEED = 42  # trainer.seed
 
 
@@ -71,12 +91,12 @@ def _our_config(args, out: Path):
     from drift.config import Config, LoggingConfig, MethodConfig, ModelConfig, TrainerConfig
 
     return Config(
-        model=ModelConfig(name="smollm2", name_or_path=args.model),
+        model=ModelConfig(name="smollm2", name_or_path=args.model, gradient_checkpointing=variant_checkpointing(args.variant, args.gradient_checkpointing)),
         method=MethodConfig(name="warmstart", beta=0.1, rpo_alpha=0.0, warmstart_epochs=1),
         trainer=TrainerConfig(
             lr=5e-7, per_device_batch_size=args.batch // args.world, max_length=args.max_length,
-            max_prompt_length=3 * args.max_length // 4, precision=args.precision, logprob_impl=args.logprob_impl,
-            max_tokens_per_forward=args.max_tokens_per_forward,
+            max_prompt_length=3 * args.max_length // 4, precision=variant_precision(args.variant, args.precision),
+            logprob_impl=args.logprob_impl, max_tokens_per_forward=args.max_tokens_per_forward,
         ),
         logging=LoggingConfig(wandb_mode="disabled", progress_bar=False),
         run_name="bench",
@@ -163,7 +183,7 @@ def _reference_reuse(args, config, runtime, tokenizer, tokenized, out: Path) -> 
 # ---- TRL ------------------------------------------------------------------------------------
 
 
-def run_trl(args, out: Path, *, precompute: bool, liger: bool, accum: int = 1) -> dict:
+def run_trl(args, out: Path, *, precompute: bool, liger: bool, accum: int = 1, bf16: bool | None = None) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -212,7 +232,7 @@ def run_trl(args, out: Path, *, precompute: bool, liger: bool, accum: int = 1) -
         warmup_steps=math.ceil(0.1 * math.ceil(args.pairs / args.batch)),
         num_train_epochs=1, precompute_ref_log_probs=precompute, use_liger_kernel=liger, report_to=[],
         save_strategy="no", logging_steps=1, seed=OUR_SEED, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), dataloader_num_workers=0,
+        bf16=torch.cuda.is_available() if bf16 is None else bf16, dataloader_num_workers=0,
     )
     # TRL precomputes the reference log-probs while the trainer is built: time that call
     precompute_seconds = []
@@ -300,9 +320,11 @@ def child(args) -> None:
     if args.variant.startswith("ours"):
         result = run_ours(args, out)
     else:
+        suffix = variant_precision(args.variant, "")
         result = run_trl(
             args, out, precompute=args.variant.startswith("trl_precompute"), liger=args.variant == "trl_liger",
-            accum=args.batch if args.variant == "trl_precompute_accum" else 1,
+            accum=args.batch if args.variant.startswith("trl_precompute_accum") else 1,
+            bf16={"bf16": True, "fp32": False}.get(suffix),
         )
     from drift.io import write_json_atomic
 
@@ -315,7 +337,7 @@ def launch(variant: str, args) -> dict:
         str(Path(__file__).resolve()), "--child", "--variant", variant, "--out-dir", str(out), "--pairs", str(args.pairs),
         "--batch", str(args.batch), "--max-length", str(args.max_length), "--seed", str(args.seed), "--model", args.model,
         "--logprob-impl", args.logprob_impl, "--max-tokens-per-forward", str(args.max_tokens_per_forward),
-        "--precision", args.precision,
+        "--precision", args.precision, *(["--gradient-checkpointing"] if args.gradient_checkpointing else []),
     ]
     if variant == "ours_torchrun2":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *base, "--world", "2"]
@@ -336,8 +358,13 @@ def launch(variant: str, args) -> dict:
     index = main["step_seconds"].index(timed[len(timed) // 2]) if timed else 0
     pairs_per_step = statistics.median(main["step_pairs"])
     tokens_per_step = statistics.median(main["step_tokens"])
+    import torch
+
+    trl_default = "bf16" if torch.cuda.is_available() else "fp32"
     return {
         "variant": variant,
+        "precision": variant_precision(variant, args.precision if variant.startswith("ours") else trl_default),
+        "gradient_checkpointing": variant.startswith("ours") and variant_checkpointing(variant, args.gradient_checkpointing),
         "steps": len(main["step_seconds"]),
         "median_step_seconds": median_seconds,
         "pairs_per_second": pairs_per_step / median_seconds,
@@ -357,7 +384,8 @@ def launch(variant: str, args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS,
+                        help=f"default: every variant on a GPU; on a CPU {' '.join(CPU_DEFAULT)}")
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4, help="global batch (pairs per optimizer step)")
     parser.add_argument("--max-length", type=int, default=512)
@@ -373,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens-per-forward", type=int, default=1024,
         help="ours: trainer.max_tokens_per_forward (the step's pairs split over forwards of at most this many tokens; 0: one forward)",
     )
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="ours: model.gradient_checkpointing=true (less activation memory, the forward run twice)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dpo_step_<device>.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -406,6 +436,8 @@ def main() -> None:
     weights = model_weights(args.model)
     print(f"model {args.model}: {weights}", flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.variants is None:
+        args.variants = list(VARIANTS) if device == "cuda" else list(CPU_DEFAULT)
     if device == "cpu" and "trl_liger" in args.variants:
         args.variants.remove("trl_liger")
         liger_note = "not run: Liger's Triton kernels need a GPU (they do not run on CPU, even under TRITON_INTERPRET)"
@@ -420,18 +452,32 @@ def main() -> None:
         rows.append({"variant": "trl_liger", "error": liger_note})
 
     trl_rows = [r for r in rows if r["variant"].startswith("trl") and "error" not in r]
+    # TRL's best variant in pairs/s, whatever its precision: the one each of ours is held against
     best_trl = max(trl_rows, key=lambda r: r["pairs_per_second"]) if trl_rows else None
-    print(f"\n{args.model}: {weights}")
-    print(f"{'variant':<16} {'s/step':>7} {'pairs/s':>8} {'tok/s':>7} {'peak RSS GB':>11} {'ref seqs':>8} {'ref s':>6} {'final loss':>10} {'vs TRL best':>11}")
+    for r in rows:
+        if "error" in r or best_trl is None:
+            continue
+        r["speed_vs_trl_best"] = r["pairs_per_second"] / best_trl["pairs_per_second"]
+        r["memory_vs_trl_best"] = r["peak_rss_gb"] / best_trl["peak_rss_gb"]
+        same = [t for t in trl_rows if t["precision"] == r["precision"] and t.get("losses")]
+        if r["variant"].startswith("ours") and same and r.get("losses"):
+            # every TRL variant trains the same pairs in the same order: its per-step losses are ours to match
+            r["max_loss_difference_vs_trl"] = max(abs(a - b) for t in same for a, b in zip(r["losses"], t["losses"]))
+    print(f"\n{args.model}: {weights}" + (f"; TRL's best: {best_trl['variant']}" if best_trl else ""))
+    print(f"{'variant':<26} {'s/step':>7} {'pairs/s':>8} {'tok/s':>7} {'peak RSS GB':>11} {'ref seqs':>8} {'ref s':>6} "
+          f"{'final loss':>10} {'vs TRL best':>11} {'RSS vs best':>11} {'max |Δloss| vs TRL':>18}")
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:<16} {r['error'][:100]}")
+            print(f"{r['variant']:<26} {r['error'][:100]}")
             continue
-        ratio = f"{r['pairs_per_second'] / best_trl['pairs_per_second']:.2f}x" if best_trl else "-"
+        ratio = f"{r['speed_vs_trl_best']:.2f}x" if best_trl else "-"
+        memory = f"{r['memory_vs_trl_best']:.2f}x" if best_trl else "-"
+        loss = f"{r['max_loss_difference_vs_trl']:.1e}" if r.get("max_loss_difference_vs_trl") is not None else "-"
         ref_s = f"{r['reference_seconds']:.1f}" if r.get("reference_seconds") is not None else "-"
         print(
-            f"{r['variant']:<16} {r['median_step_seconds']:>7.2f} {r['pairs_per_second']:>8.3f} {r['tokens_per_second']:>7.0f} "
-            f"{r['peak_rss_gb']:>11.2f} {r['reference_sequences']:>8} {ref_s:>6} {r['final_loss']:>10.5f} {ratio:>11}"
+            f"{r['variant']:<26} {r['median_step_seconds']:>7.2f} {r['pairs_per_second']:>8.3f} {r['tokens_per_second']:>7.0f} "
+            f"{r['peak_rss_gb']:>11.2f} {r['reference_sequences']:>8} {ref_s:>6} {r['final_loss']:>10.5f} {ratio:>11} "
+            f"{memory:>11} {loss:>18}"
         )
     for r in rows:
         if r.get("padding_share") is not None:
@@ -452,8 +498,9 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "load_average_at_end": os.getloadavg(),
-        "dtype": ("bf16" if device == "cuda" else "fp32") if args.precision == "auto" else args.precision,
-        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl", "max_tokens_per_forward", "precision")},
+        "best_trl_variant": best_trl["variant"] if best_trl else None,
+        "settings": {k: getattr(args, k) for k in ("pairs", "batch", "max_length", "seed", "model", "logprob_impl",
+                                                   "max_tokens_per_forward", "precision", "gradient_checkpointing")},
         "weights": weights,
         "rows": [{k: v for k, v in r.items() if k != "_index"} for r in rows],
     }

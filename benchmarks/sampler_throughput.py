@@ -1,13 +1,13 @@
-"""Our sampler beside transformers' generate(), same prompts, same settings, one invocation.
+"""Our sampler beside transformers' own, same prompts, same settings, one invocation.
 
-    python benchmarks/sampler_throughput.py                       # batch 1/8/32, 128 and 512 new tokens
-    python benchmarks/sampler_throughput.py --batches 8 --new-tokens 128 --impls ours generate
+    python benchmarks/sampler_throughput.py                       # batch 8/32, 256 new tokens (the main job's)
+    python benchmarks/sampler_throughput.py --batches 8 --new-tokens 128 --impls ours generate_batch generate
 
-The embedded SmolLM2-135M-Instruct on the main job's prompts: the fixture's guided DRIFT prompts
-(multi-turn, 60-560 tokens), rendered with the chat template exactly as launch/sample.py renders
-them, each prompt drawn twice (sample index 0 and 1). Temperature 0.7, top-p 0.9, the checkpoint's
-stop tokens. A configuration samples max(4, 2 x batch) prompts, so the continuous batching of ours
-refills rows and the static batches of generate() wait for their longest reply.
+The embedded SmolLM2-135M-Instruct on the main job's prompts: the compact testbed's guided DRIFT
+prompts (multi-turn), rendered with the chat template exactly as launch/sample.py renders them, each
+prompt drawn twice (sample index 0 and 1). Temperature 0.7, top-p 0.9, the checkpoint's stop tokens.
+A configuration samples max(4, 2 x batch) prompts, so continuous batching refills rows and the
+static batches of generate() wait for their longest reply.
 
   ours          the HF backend's generate function, built as launch/sample.py builds it
                 (drift.sampler.process.hf_generate_fn with the engine sampler.engine=auto picks)
@@ -15,6 +15,15 @@ refills rows and the static batches of generate() wait for their longest reply.
   ours_loop     sampler.engine=loop: the plain loop over the HF forward that ours replaced
   generate      model.generate(do_sample=True, ...) on left-padded batches of the same prompts,
                 longest first (as ours orders them), the default dynamic cache
+  generate_batch  transformers' continuous batching (model.generate_batch: a paged KV cache, requests
+                scheduled into the batch as rows free up), at most `batch` requests at once, its
+                cache sized to them (the default sizing measured 6 tok/s here); one seed for the
+                whole batch: transformers has no per-request seed, so a reply depends on its batch-mates
+  generate_batch_bf16  the same with bf16 weights
+
+Each row also says whether the implementation keeps the sampler's guarantees: a seed of its own for
+every request, and the same reply for a prompt sampled alone as inside the batch (checked on the
+first prompt, 32 tokens).
 
 Tokens/s counts finished tokens: every generated token up to and including its stop token.
 Each configuration runs in a fresh subprocess, so its peak RSS is its own. The same run measures
@@ -37,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-IMPLS = ("ours", "ours_bf16", "ours_loop", "generate")
+IMPLS = ("ours", "ours_bf16", "ours_loop", "generate", "generate_batch", "generate_batch_bf16")
 SEED = 42
 
 
@@ -48,10 +57,12 @@ def peak_rss_bytes() -> int:
 def benchmark_prompts(tokenizer, count: int) -> tuple[list[tuple[int, ...]], list[int]]:
     """The main job's guided prompts as launch/sample.py renders them, twice each; and their seeds."""
     from drift.data import DataConfig, load_records
-    from drift.methods import sample_requests
+    from drift.methods import GUIDED, method_named
     from drift.sampler.process import build_requests, sample_seed
 
-    rows = [request.as_row() for request in sample_requests("drift", load_records(DataConfig(name="fixture")))]
+    records = load_records(DataConfig(name="testbed_compact"))
+    rows = [request.as_row() for request in method_named("drift").sample_requests(records, "feedback_only")
+            if request.as_row()["prompt_id"].endswith(GUIDED)]
     requests, rejects = build_requests(rows, tokenizer, num_samples=2, max_prompt_length=1024, prompt_format="chat_template")
     assert not rejects, rejects
     # interleave sample indices 0 and 1 so that a small count still spans many prompts
@@ -88,6 +99,46 @@ def run_generate(model, prompts, *, batch: int, new_tokens: int, stop_ids: list[
     return tokens
 
 
+def run_generate_batch(model, prompts, *, batch: int, new_tokens: int, stop_ids: list[int], pad_id: int,
+                       seed: int = SEED) -> list[list[int]]:
+    """transformers' continuous batching; the replies (up to and including a stop token) in prompt order."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    page = 256
+    pages_per_request = -(-(max(map(len, prompts)) + new_tokens) // page)
+    generation = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=new_tokens,
+                                  eos_token_id=stop_ids, pad_token_id=pad_id)
+    cache = ContinuousBatchingConfig(max_requests_per_batch=batch, page_size=page, num_blocks=batch * pages_per_request,
+                                     seed=seed)
+    with torch_no_grad():
+        outputs = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=generation,
+                                       continuous_batching_config=cache, progress_bar=False)
+    replies = [outputs[f"req_{index}"].generated_tokens for index in range(len(prompts))]
+    return [row[:finished_length(row, set(stop_ids))] for row in replies]
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def alone_and_in_batch(sample_first, prompts, seeds) -> bool:
+    """Whether the first prompt's reply is the same sampled alone as inside the batch (same seed)."""
+    return sample_first([prompts[0]], [seeds[0]]) == sample_first(prompts, seeds)
+
+
+class Quiet:
+    """No progress bar."""
+
+    def expect(self, samples):
+        pass
+
+    def advance(self, samples, tokens):
+        pass
+
+
 def worker(impl: str, batch: int, new_tokens: int) -> dict:
     import torch
 
@@ -99,7 +150,7 @@ def worker(impl: str, batch: int, new_tokens: int) -> dict:
     checkpoint = str(ensure_embedded_smollm2())
     model_cfg = ModelConfig(name="smollm2", name_or_path=checkpoint)
     tokenizer = load_tokenizer(model_cfg, source=checkpoint)
-    dtype = torch.bfloat16 if impl == "ours_bf16" else torch.float32
+    dtype = torch.bfloat16 if impl.endswith("_bf16") else torch.float32
     model = load_model(model_cfg, dtype=dtype, seed=SEED, source=checkpoint).eval()
     model.config.use_cache = True
     prompts, seeds = benchmark_prompts(tokenizer, max(4, 2 * batch))
@@ -110,22 +161,31 @@ def worker(impl: str, batch: int, new_tokens: int) -> dict:
     if impl == "generate":
         tokens = run_generate(model, prompts, batch=batch, new_tokens=new_tokens, stop_ids=stop_ids, pad_id=pad_id)
         cut = None
+    elif impl.startswith("generate_batch"):
+        replies = run_generate_batch(model, prompts, batch=batch, new_tokens=new_tokens, stop_ids=stop_ids, pad_id=pad_id)
+        tokens = sum(map(len, replies))
+        cut = sum(not reply or reply[-1] not in stop_ids for reply in replies)
     else:
         cfg = SamplerConfig(max_new_tokens=new_tokens, batch_size=batch, engine="loop" if impl == "ours_loop" else "auto")
         engine, _ = choose_engine(model, cfg.engine)
-
-        class Quiet:
-            def expect(self, samples):
-                pass
-
-            def advance(self, samples, tokens):
-                pass
-
         generations = hf_generate_fn(model, cfg, stop_ids, pad_id, Quiet(), engine)(prompts, seeds)
         tokens = sum(g.generated_tokens for g in generations)
         cut = sum(g.finish_reason == "length" for g in generations)
     seconds = time.perf_counter() - started
+    if impl.startswith("generate_batch"):
+        # one seed for the whole batch (ContinuousBatchingConfig.seed): what the first reply is depends on the others
+        same_alone = alone_and_in_batch(lambda ps, _: run_generate_batch(model, ps, batch=batch, new_tokens=32, stop_ids=stop_ids,
+                                                                         pad_id=pad_id)[0], prompts, seeds)
+        per_request_seeds = False
+    elif impl == "generate":
+        same_alone, per_request_seeds = None, False
+    else:
+        short = SamplerConfig(max_new_tokens=32, batch_size=batch, engine=cfg.engine)
+        same_alone = alone_and_in_batch(lambda ps, ss: hf_generate_fn(model, short, stop_ids, pad_id, Quiet(), engine)(ps, ss)[0].token_ids,
+                                        prompts, seeds)
+        per_request_seeds = True
     return {"impl": impl, "engine": engine, "batch": batch, "new_tokens": new_tokens, "prompts": len(prompts),
+            "per_request_seeds": per_request_seeds, "same_reply_alone_and_in_batch": same_alone,
             "prompt_tokens_min": min(map(len, prompts)), "prompt_tokens_max": max(map(len, prompts)),
             "finished_tokens": tokens, "cut_replies": cut, "seconds": round(seconds, 2),
             "tokens_per_second": round(tokens / seconds, 1), "peak_rss_gb": round(peak_rss_bytes() / 1e9, 2),
@@ -148,9 +208,9 @@ def read_bandwidth_gbps() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--new-tokens", type=int, nargs="+", default=[128, 512])
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=["ours", "ours_bf16", "generate"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[256])
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=["ours", "ours_bf16", "generate_batch", "generate_batch_bf16"])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "BATCH", "NEW_TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,16 +244,19 @@ def main() -> None:
         return next((r["tokens_per_second"] for r in results
                      if (r["impl"], r["batch"], r["new_tokens"]) == (impl, batch, new_tokens)), None)
 
-    print(f"\n{'new':>4} {'batch':>5} " + " ".join(f"{impl:>10}" for impl in args.impls) + "   ours/generate  bf16/generate")
+    # the peer a user would try first: transformers' continuous batching, else its generate()
+    peer = next((impl for impl in ("generate_batch", "generate") if impl in args.impls), None)
+    print(f"\n{'new':>4} {'batch':>5} " + " ".join(f"{impl:>10}" for impl in args.impls)
+          + (f"   ours/{peer}  ours_bf16/{peer}" if peer else ""))
     speedups = []
     for new_tokens in args.new_tokens:
         for batch in args.batches:
             cells = [rate(impl, batch, new_tokens) for impl in args.impls]
-            base = rate("generate", batch, new_tokens)
+            base = rate(peer, batch, new_tokens) if peer else None
             ratios = [f"{rate(i, batch, new_tokens) / base:>6.2f}x" if base and rate(i, batch, new_tokens) else "     -"
                       for i in ("ours", "ours_bf16")]
-            speedups.append({"batch": batch, "new_tokens": new_tokens,
-                             **{f"{i}_over_generate": round(rate(i, batch, new_tokens) / base, 2)
+            speedups.append({"batch": batch, "new_tokens": new_tokens, "peer": peer,
+                             **{f"{i}_over_{peer}": round(rate(i, batch, new_tokens) / base, 2)
                                 for i in ("ours", "ours_bf16", "ours_loop") if base and rate(i, batch, new_tokens)}})
             print(f"{new_tokens:>4} {batch:>5} " + " ".join(f"{c:>10.1f}" if c else f"{'-':>10}" for c in cells)
                   + "   " + "        ".join(ratios))
@@ -205,7 +268,8 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "memory_read_bandwidth_gbps": round(bandwidth, 1),
         "settings": {"model": "SmolLM2-135M-Instruct (embedded)", "temperature": 0.7, "top_p": 0.9,
-                     "prompts": "fixture guided DRIFT prompts, chat template, 2 samples each, max(4, 2 x batch) per run"},
+                     "prompts": "compact testbed guided DRIFT prompts (the main job's), chat template, 2 samples each, "
+                                "max(4, 2 x batch) per run"},
         "results": results, "speedups": speedups,
     }, indent=2) + "\n")
     print(f"\nwrote {out}")
