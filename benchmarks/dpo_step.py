@@ -47,7 +47,7 @@ WORDS = (
 VARIANTS = ("ours", "ours_fp32", "ours_bf16", "ours_fp32_ckpt", "ours_bf16_ckpt", "ours_torchrun2", "trl", "trl_precompute", "trl_precompute_accum",
             "trl_bf16", "trl_precompute_bf16", "trl_precompute_accum_bf16", "trl_liger")
 # what `python benchmarks/dpo_step.py` runs on a CPU: ours and TRL's variants in both precisions
-CPU_DEFAULT = ("ours_fp32", "ours_bf16", "ours_fp32_ckpt", "ours_bf16_ckpt", "trl", "trl_precompute", "trl_precompute_accum", "trl_precompute_accum_bf16")
+CPU_DEFAULT = ("ours_fp32", "ours_bf16", "trl", "trl_precompute", "trl_precompute_accum", "trl_precompute_accum_bf16")
 
 
 def variant_precision(variant: str, requested: str) -> str:
