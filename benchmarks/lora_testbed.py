@@ -41,11 +41,13 @@ def step_stats(run: Path) -> dict[str, dict]:
     return stats
 
 
-def run_record(run: Path, wall_seconds: float | None) -> dict:
+def heldout_of(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())["heldout"]
+
+
+def run_record(run: Path, heldout: dict, wall_seconds: float | None) -> dict:
     from drift.eval.heldout import paired_gain
 
-    summary = json.loads((run / "summary.json").read_text())
-    heldout = summary["heldout"]
     return {
         "run_dir": str(run),
         "gold": {stage: {"gold": heldout[stage]["gold"], "se": heldout[stage]["gold_se"],
@@ -60,12 +62,13 @@ def run_record(run: Path, wall_seconds: float | None) -> dict:
 def compare(runs: dict[tuple[str, int], Path], walls: dict[tuple[str, int], float]) -> dict:
     from drift.eval.heldout import paired_gain
 
-    records = {f"{variant}_s{seed}": run_record(run, walls.get((variant, seed))) for (variant, seed), run in sorted(runs.items())}
+    heldout = {key: heldout_of(run) for key, run in runs.items()}
+    records = {f"{variant}_s{seed}": run_record(run, heldout[variant, seed], walls.get((variant, seed)))
+               for (variant, seed), run in sorted(runs.items())}
     paired = {}
     for seed in sorted({seed for _, seed in runs}):
         if ("full", seed) in runs and ("lora", seed) in runs:
-            full = json.loads((runs["full", seed] / "summary.json").read_text())["heldout"]
-            lora = json.loads((runs["lora", seed] / "summary.json").read_text())["heldout"]
+            full, lora = heldout["full", seed], heldout["lora", seed]
             paired[f"s{seed}"] = {stage: paired_gain(lora[stage], full[stage]) for stage in ("warmstart", "iter_1")}
     return {"benchmark": "LoRA DRIFT beside full-weight DRIFT on the testbed", "runs": records, "lora_minus_full": paired}
 

@@ -102,6 +102,7 @@ def run_generate(model, prompts, *, batch: int, new_tokens: int, stop_ids: list[
 def run_generate_batch(model, prompts, *, batch: int, new_tokens: int, stop_ids: list[int], pad_id: int,
                        seed: int = SEED) -> list[list[int]]:
     """transformers' continuous batching; the replies (up to and including a stop token) in prompt order."""
+    import torch
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -111,17 +112,11 @@ def run_generate_batch(model, prompts, *, batch: int, new_tokens: int, stop_ids:
                                   eos_token_id=stop_ids, pad_token_id=pad_id)
     cache = ContinuousBatchingConfig(max_requests_per_batch=batch, page_size=page, num_blocks=batch * pages_per_request,
                                      seed=seed)
-    with torch_no_grad():
+    with torch.no_grad():
         outputs = model.generate_batch(inputs=[list(p) for p in prompts], generation_config=generation,
                                        continuous_batching_config=cache, progress_bar=False)
     replies = [outputs[f"req_{index}"].generated_tokens for index in range(len(prompts))]
     return [row[:finished_length(row, set(stop_ids))] for row in replies]
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
 
 
 def alone_and_in_batch(sample_first, prompts, seeds) -> bool:
