@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from drift import kernels
+from drift.compute_weights import ComputeWeights
 from drift.io import write_text_atomic
 from drift.tokenize import SequenceBatch
 
@@ -110,8 +112,9 @@ def init_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 
 def resolve_precision(precision: str, use_cuda: bool) -> str:
     """trainer.precision=auto: bf16 compute on GPU and on a CPU with native bf16, else fp32. bf16 is
-    mixed precision everywhere: fp32 master weights and optimizer state, bf16 matmuls under autocast
-    (FSDP's param_dtype under torchrun), the log-prob head's softmax in fp32."""
+    mixed precision everywhere: fp32 master weights and optimizer state, the model computing in bf16
+    (FSDP's param_dtype under torchrun, drift.compute_weights in one process), the log-prob head's
+    softmax in fp32."""
     from drift.backends import cpu_has_bf16
 
     if precision != "auto":
@@ -229,35 +232,52 @@ class SequenceLogprobModel(nn.Module):
                 "drift.kernels computes log-probs of uncapped logits"
             )
 
-    # set by shard() for a single process computing in bf16 (FSDP's mixed precision does it otherwise)
+    # set by shard() for a single process computing in bf16 (FSDP's mixed precision does it under
+    # torchrun): full-weight training computes on a bf16 copy of the fp32 weights (compute_weights);
+    # LoRA, whose frozen base is already bf16 beside fp32 adapters, under autocast (autocast_dtype)
+    compute_weights: ComputeWeights | None = None
     autocast_dtype: torch.dtype | None = None
+
+    def computing(self):
+        """The span in which the model computes in its compute dtype: a forward, and the backward that
+        follows it (gradient checkpointing recomputes the forward inside the backward). The forward
+        enters it itself; a caller that runs backward wraps both."""
+        return self.compute_weights.swapped_in() if self.compute_weights is not None else nullcontext()
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         decoder = self.causal_lm.get_decoder()
         device_type = batch.input_ids.device.type
-        with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+        with self.computing(), torch.autocast(
+            device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
             hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
-        head = self.causal_lm.get_output_embeddings()
-        # on GPU the head GEMM runs in the compute dtype (bf16: tensor cores), not in the fp32 that the
-        # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32. The CPU's
-        # chunked kernel computes in fp32 whatever it is given: it gets the fp32 states, not a bf16 rounding
-        compute_dtype = (self.autocast_dtype or hidden.dtype) if device_type == "cuda" else hidden.dtype
-        scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions).to(compute_dtype)
-        weight = head.weight.to(compute_dtype)
-        bias = None if head.bias is None else head.bias.to(compute_dtype)
-        return kernels.token_logprobs(scored, weight, batch.target_ids, bias=bias, impl=self.logprob_impl)
+            head = self.causal_lm.get_output_embeddings()
+            # on GPU the head GEMM runs in the compute dtype (bf16: tensor cores), not in the fp32 that the
+            # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32. The CPU's
+            # chunked kernel computes in fp32 whatever it is given (bf16 is upcast a block at a time)
+            compute_dtype = (self.autocast_dtype or hidden.dtype) if device_type == "cuda" else hidden.dtype
+            scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions).to(compute_dtype)
+            weight = head.weight.to(compute_dtype)
+            bias = None if head.bias is None else head.bias.to(compute_dtype)
+            return kernels.token_logprobs(scored, weight, batch.target_ids, bias=bias, impl=self.logprob_impl)
 
 
-def shard(model: SequenceLogprobModel, runtime: Runtime) -> SequenceLogprobModel:
+def shard(model: SequenceLogprobModel, runtime: Runtime, *, autocast: bool = False) -> SequenceLogprobModel:
     """FSDP2 over all ranks: each decoder layer its own unit, the root holds embeddings and head.
 
     The model may be on the meta device (``drift.model.build_model_skeleton``): its shards are then
-    allocated on the device, uninitialized; ``load_full_state`` or a checkpoint fills them.
+    allocated on the device, uninitialized; ``load_full_state`` or a checkpoint fills them. A single
+    process keeps fp32 master weights too and computes in the runtime dtype on a copy of them
+    (drift.compute_weights), or under autocast where ``autocast`` says so (LoRA's mixed-dtype model).
     """
     if not runtime.distributed:
-        # fp32 master weights here too; compute in the runtime dtype under autocast
-        model.autocast_dtype = runtime.dtype if runtime.dtype != torch.float32 else None
-        return model.to(runtime.device)
+        model = model.to(runtime.device)
+        if runtime.dtype != torch.float32:
+            if autocast:
+                model.autocast_dtype = runtime.dtype
+            else:
+                model.compute_weights = ComputeWeights(model, runtime.dtype)
+        return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -369,19 +369,20 @@ class StageTrainer:
         batch = collate_sequences(
             chosen + rejected, self.tokenizer.pad_token_id, packed=policy.packed, share_prompts=policy.share_prompts
         ).to(self.runtime.device)
-        totals, token_logps = sequence_logps(policy, batch)
-        k = len(indices)
-        reference_chosen = torch.tensor([self.cache.lookup(s) for s in chosen], dtype=totals.dtype, device=totals.device)
-        reference_rejected = torch.tensor([self.cache.lookup(s) for s in rejected], dtype=totals.dtype, device=totals.device)
-        terms = dpo_loss(totals[:k], totals[k:], reference_chosen, reference_rejected, self.beta)
-        chosen_token_logp_sum = token_logps[batch.target_sequence < k].sum()
-        # FSDP averages gradients over ranks, hence the world_size factor: the result is the
-        # mean over the global step's pairs (and chosen tokens for the NLL term)
-        loss = weight * self.runtime.world_size * (
-            terms.losses.sum() / num_pairs - self.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
-        )
-        loss.backward()
-        del loss, totals, token_logps  # their graph is spent; hold nothing of it past the backward
+        with policy.computing():  # forward and backward on the compute weights
+            totals, token_logps = sequence_logps(policy, batch)
+            k = len(indices)
+            reference_chosen = torch.tensor([self.cache.lookup(s) for s in chosen], dtype=totals.dtype, device=totals.device)
+            reference_rejected = torch.tensor([self.cache.lookup(s) for s in rejected], dtype=totals.dtype, device=totals.device)
+            terms = dpo_loss(totals[:k], totals[k:], reference_chosen, reference_rejected, self.beta)
+            chosen_token_logp_sum = token_logps[batch.target_sequence < k].sum()
+            # FSDP averages gradients over ranks, hence the world_size factor: the result is the
+            # mean over the global step's pairs (and chosen tokens for the NLL term)
+            loss = weight * self.runtime.world_size * (
+                terms.losses.sum() / num_pairs - self.rpo_alpha * chosen_token_logp_sum / num_chosen_tokens
+            )
+            loss.backward()
+            del loss, totals, token_logps  # their graph is spent; hold nothing of it past the backward
         chosen_tokens = sum(len(sequence.response_ids) for sequence in chosen)
         stats = StepStats.of_forward(terms, chosen_token_logp_sum, chosen_tokens, batch.num_tokens, batch.num_padding, k)
         return stats, terms
@@ -515,7 +516,7 @@ def _build_policy(model_cfg: ModelConfig, trainer_cfg: TrainerConfig, runtime: R
 
     load = dict(dtype=runtime.dtype if adapters else torch.float32, seed=trainer_cfg.seed, source=source, vocab_size=vocab_size)
     if not runtime.distributed:
-        return shard(wrap(build(load_model, True)), runtime)
+        return shard(wrap(build(load_model, True)), runtime, autocast=adapters)
     policy = shard(wrap(build(build_model_skeleton, False)), runtime)
     if weights:
         full_state = None
