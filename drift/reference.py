@@ -1,8 +1,9 @@
 """Reference log-probs: one frozen forward per unique sequence, cached on disk.
 
-The cache file is named by a fingerprint of the reference weights, and each entry is keyed by a
-hash of the sequence's token ids (and its prompt/response boundary), so a cached value can never
-be applied to another sequence or to another reference model.
+The cache file is named by a fingerprint of the reference weights and the dtype the model computes
+in (a bf16 log-prob differs from an fp32 one by far more than training tolerates at step 0), and
+each entry is keyed by a hash of the sequence's token ids (and its prompt/response boundary), so a
+cached value can never be applied to another sequence, another reference model or another precision.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def weights_fingerprint(model: nn.Module, runtime: Runtime) -> str:
 class ReferenceCache:
     """{sequence key: summed response log-prob} for one reference model, in one JSON file."""
 
-    def __init__(self, folder: Path, fingerprint: str):
-        self.path = Path(folder) / f"reference_{fingerprint}.json"
+    def __init__(self, folder: Path, fingerprint: str, compute_dtype: torch.dtype | None = None):
+        dtype = "" if compute_dtype is None else "_" + str(compute_dtype).removeprefix("torch.")
+        self.path = Path(folder) / f"reference_{fingerprint}{dtype}.json"
         self.fingerprint = fingerprint
         self.values: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() else {}
 
@@ -194,7 +196,7 @@ def _fill(sequences: list[TokenSequence], folder: Path, *, source: str | None, r
         # e.g. method.reference=initial: the initial model's fingerprint is known from an earlier stage
         recorded_fingerprint = known_fingerprint(folder, source) or ""
     if recorded_fingerprint:
-        cache = ReferenceCache(folder, recorded_fingerprint)
+        cache = ReferenceCache(folder, recorded_fingerprint, runtime.dtype)
         missing = cache.missing(sequences)
         if not missing:
             return cache, 0
@@ -209,7 +211,7 @@ def _fill(sequences: list[TokenSequence], folder: Path, *, source: str | None, r
             f"(fingerprint {fingerprint} != {recorded_fingerprint}); start a new run_name"
         )
     reference.requires_grad_(False)
-    cache = ReferenceCache(folder, fingerprint)
+    cache = ReferenceCache(folder, fingerprint, runtime.dtype)
     missing = cache.missing(sequences)
     if missing:
         _add_and_save(cache, compute_sequence_logps(reference, missing, runtime, batch_size=batch_size, pad_id=pad_id), runtime)

@@ -79,7 +79,7 @@ def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_
     from drift.io import read_done, read_jsonl
     from drift.model import load_tokenizer
     from drift.parallel import SequenceLogprobModel, init_runtime
-    from drift.reference import compute_sequence_logps
+    from drift.reference import ReferenceCache, compute_sequence_logps
     from drift.tokenize import tokenize_pairs
 
     tokenizer = load_tokenizer(ModelConfig(name="tiny", name_or_path="tiny:llama"), source=str(run / "initial_model"))
@@ -87,7 +87,7 @@ def test_main_job_with_lora_hands_off_a_plain_model_and_a_peft_adapter_with_the_
     tokenized, _, _ = tokenize_pairs(pairs, tokenizer, max_length=3072, max_prompt_length=2048, prompt_format="chat_template")
     sequences = [sequence for pair in tokenized for sequence in (pair.chosen, pair.rejected)]
     fingerprint = read_done(run / "iter_2" / "train")["reference_fingerprint"]
-    cached = json.loads((run / "reference_cache" / f"reference_{fingerprint}.json").read_text())
+    cached = json.loads(ReferenceCache(run / "reference_cache", fingerprint, torch.float32).path.read_text())  # fp32 run
     previous = SequenceLogprobModel(AutoModelForCausalLM.from_pretrained(run / "iter_1" / "train" / "model"), "chunked")
     recomputed = compute_sequence_logps(previous, sequences, init_runtime("cpu", "fp32"), batch_size=4,
                                         pad_id=tokenizer.pad_token_id)

@@ -15,7 +15,7 @@ from drift.data.records import DsatCase
 from drift.model import GEMMA_TEMPLATE, TINY_GEMMA3_SLIDING_WINDOW, build_byte_tokenizer, load_model
 from drift.packing import supports_packing
 from drift.parallel import SequenceLogprobModel, init_runtime, sequence_logps
-from drift.reference import weights_fingerprint
+from drift.reference import ReferenceCache, weights_fingerprint
 from drift.sampler.process import choose_engine, hf_generate_batch
 from drift.tokenize import TokenSequence, collate_sequences, response_suffix
 from drift.train import Stage, train_stage
@@ -77,7 +77,7 @@ def _one_step(tmp_path, packing: bool, made_up: dict) -> tuple[dict, dict]:
     tokenizer = build_byte_tokenizer()
     model = load_model(config.model, dtype=torch.float32, seed=config.trainer.seed, vocab_size=len(tokenizer))
     (tmp_path / "cache").mkdir(parents=True)
-    (tmp_path / "cache" / f"reference_{weights_fingerprint(model, runtime)}.json").write_text(json.dumps(made_up))
+    ReferenceCache(tmp_path / "cache", weights_fingerprint(model, runtime), runtime.dtype).path.write_text(json.dumps(made_up))
     pairs = _step_pairs()
     stage = Stage("ws", tmp_path / "stage", pairs, None, None, 1, tmp_path / "cache")
     folder = train_stage(config, runtime, stage, tokenizer)

@@ -47,6 +47,10 @@ def test_cached_values_equal_a_fresh_forward_and_changed_sequences_miss(tmp_path
     moved = TokenSequence(first.prompt_ids + first.response_ids[:1], first.response_ids[1:])
     assert reopened.missing([changed, moved]) == sorted([changed, moved], key=lambda s: s.key)
 
+    # the same weights computing in another dtype: another cache file, every sequence a miss
+    assert ReferenceCache(tmp_path, cache.fingerprint, torch.bfloat16).missing(sequences) == sorted(sequences, key=lambda s: s.key)
+    assert ReferenceCache(tmp_path, cache.fingerprint, torch.float32).path != cache.path
+
     # other weights: another fingerprint, another cache file
     with torch.no_grad():
         model.model.norm.weight.add_(1e-3)
@@ -66,7 +70,7 @@ def test_training_reads_the_cache_instead_of_running_a_reference_forward(tmp_pat
         made_up[pair.chosen.key] = -1.0 * index
         made_up[pair.rejected.key] = -2.0 * index
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / f"reference_{fingerprint}.json").write_text(json.dumps(made_up))
+    ReferenceCache(tmp_path / "cache", fingerprint, runtime.dtype).path.write_text(json.dumps(made_up))
 
     stage = Stage("ws", tmp_path / "stage", pairs, None, None, 1, tmp_path / "cache")
     train_stage(config, runtime, stage, tokenizer)
