@@ -168,31 +168,13 @@ def check_summary(result: dict) -> dict:
     return {key: value for key, value in result.items() if key != "cases"}
 
 
-def format_check(result: dict, label: str) -> str:
-    """The shares overall and per kind, the paired margin, the per-rule (or per-band) table, the warning."""
-    overall = result["overall"]
-    if not overall["cases"]:
-        return f"guidance check ({label}): no case had both a guided and an original-prompt sample"
-    kinds = result["by_kind"] if len(result["by_kind"]) > 1 else {}
-
-    def share(key: str) -> str:
-        parts = ", ".join(f"{kind} {part[key]:.0%}" for kind, part in kinds.items() if part[key] is not None)
-        return f"{overall[key]:.0%}" + (f" ({parts})" if parts else "")
-
-    def margin(part: dict) -> str:
-        m = part["margin_over_own"]
-        return f"{m['margin']:+.3f} ± {m['se']:.3f}"
-
-    per_kind = ", ".join(f"{kind} {margin(part)}" for kind, part in kinds.items())
-    lines = [f"guidance check ({label}, {overall['cases']} DSAT cases): the guided sample beats the DSAT reply in "
-             f"{share('guided_beats_dsat')}, the policy's own original-prompt sample in {share('guided_beats_own_original')}",
-             f"  guided - own, paired: {margin(overall)}" + (f" ({per_kind})" if per_kind else "")
-             + f"; mean score guided {overall['mean_guided']:.3f}, own {overall['mean_original']:.3f}, "
-             f"DSAT {overall['mean_dsat']:.3f}"]
-    lines += format_table(result["by_rule"])
-    if result["warning"]:
+def format_check(result: dict) -> list[str]:
+    """What a run prints of its check: the line (beats own, the paired margin, the rules not carried), the
+    per-rule (or per-band) table and the warning. The per-kind shares and the cases stay in its file."""
+    lines = [format_check_line(result), *format_table(result.get("by_rule") or {})]
+    if result.get("warning"):
         lines.append(f"WARNING: {result['warning']}")
-    return "\n".join(lines)
+    return lines
 
 
 def format_check_line(result: dict) -> str:

@@ -256,7 +256,7 @@ def sample_stage(run: Run, iteration: int, policy: str) -> tuple[dict[str, list[
 
 def guidance_check_stage(run: Run, folder: Path, samples: dict[str, list[str]]) -> dict | None:
     """Does the guided sample beat the policy's own answer? Written beside the samples it scores."""
-    from drift.guidance import format_check_line, format_table, guidance_check, scorer_for, scorer_name
+    from drift.guidance import format_check, guidance_check, scorer_for, scorer_name
     from drift.plan import guidance_check_runs
 
     config = run.config
@@ -271,15 +271,11 @@ def guidance_check_stage(run: Run, folder: Path, samples: dict[str, list[str]]) 
                               if samples.get(prompt_id(c.case_id, kind), [""])[0]}
         check = guidance_check(records.dsat_cases, first(GUIDED), first(ORIGINAL), scorer, kind_of)
         write_json_atomic(path, {"scorer": scorer_name(config), "guidance": config.data.guidance, **check})
-    # the console gets its line, the per-rule (or per-band) table and the warning; the per-kind shares and
-    # the cases stay in the file
-    run.say(f"{folder.parent.name} {format_check_line(check)} (data.guidance={config.data.guidance}, "
+    line, *rest = format_check(check)
+    run.say(f"{folder.parent.name} {line} (data.guidance={config.data.guidance}, "
             f"{scorer_name(config)}; per kind and case: {path.relative_to(run.run_dir)})")
-    table = format_table(check.get("by_rule") or {})
-    if table:
-        print("\n".join(table), flush=True)
-    if check.get("warning"):
-        print(f"WARNING: {check['warning']}", flush=True)
+    if rest:
+        print("\n".join(rest), flush=True)
     return check
 
 

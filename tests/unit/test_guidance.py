@@ -67,8 +67,9 @@ def test_the_per_rule_table_by_hand():
                                  "mean_guided": 1.0, "mean_original": 0.0, "mean_dsat": 0.0, "margin": 1.0, "se": 0.0}
     # the rule the guided samples fail to carry: q (no higher than own, and not met by every guided sample)
     assert result["not_carried"] == ["revealed/q"]
-    text = format_check(result, "iter_1")
-    assert "revealed/q" in text.splitlines()[3] and "0.00  0.50  0.00" in text.splitlines()[3]
+    lines = format_check(result)
+    assert lines[0] == format_check_line(result) and "not carried: revealed/q" in lines[0]
+    assert "revealed/q" in lines[2] and "0.00  0.50  0.00" in lines[2]  # under the table's header
     assert "cases" not in check_summary(result) and check_summary(result)["by_rule"] == table
 
 
@@ -93,7 +94,7 @@ def test_the_warning_fires_when_the_margin_is_within_noise_even_if_guided_wins_m
     assert margin["margin"] == 0.25 and margin["lower"] == round(0.25 - 2 * math.sqrt(0.5625 / 3), 4) < 0
     assert "no better than its own" in result["warning"] and "revealed/q" in result["warning"]
     assert "under one half" not in result["warning"]
-    assert "WARNING: DRIFT will pull this model" in format_check(result, "iter_1")
+    assert format_check(result)[-1].startswith("WARNING: DRIFT will pull this model")
     assert "not above noise" in format_check_line(check_summary(result))
 
 
