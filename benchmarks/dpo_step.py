@@ -7,8 +7,8 @@
 Same seeded word-salad pairs (~180-word prompts, ~140-word responses), same model, batch, max
 length, optimizer (RMSprop, lr 5e-7, linear schedule, warmup 0.1), beta 0.1, no NLL term, one
 epoch. Each variant runs in a fresh subprocess so its peak RSS is its own. A variant's precision is
-its suffix (``_fp32``, ``_bf16``: bf16 compute under autocast, fp32 master weights, for ours and for
-TRL alike, which runs HF Trainer's ``bf16=True``); without one, ours takes ``--precision`` and TRL
+its suffix (``_fp32``, ``_bf16``: bf16 compute, fp32 master weights, for ours (on a bf16 copy of the
+weights, drift.compute_weights) and for TRL alike (HF Trainer's ``bf16=True``, autocast)); without one, ours takes ``--precision`` and TRL
 runs bf16 on a GPU and fp32 on a CPU; ``_ckpt`` runs ours with gradient checkpointing
 (model.gradient_checkpointing=true: each layer's activations recomputed in backward). Reports pairs/s and
 tokens/s (median step after the first), peak memory, reference forwards and time, the final loss,

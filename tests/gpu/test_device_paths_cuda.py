@@ -54,7 +54,7 @@ def test_a_training_stage_on_cuda_matches_the_cpu(tmp_path, packed):
 
 
 def test_a_training_stage_runs_in_bf16_on_cuda(tmp_path):
-    """The GPU default precision (autocast to bf16, fp32 masters): it runs, and its losses are finite."""
+    """The GPU default precision (bf16 compute on a copy of the fp32 masters): it runs, and its losses are finite."""
     records, weights = train_on(tmp_path, CUDA, packing=True, dtype=torch.bfloat16)
     assert len(records) == 6 and all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
     assert all(torch.isfinite(value.float()).all() for value in weights.values())
