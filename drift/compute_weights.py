@@ -16,8 +16,8 @@ SmolLM2-135M here, and the process's peak is the same either way.
 Why not autocast, which this replaced for full-weight training: autocast keeps the residual stream,
 the norms and every elementwise op in fp32 and casts each matmul's input to bf16 per call, forward
 and backward, and saves both roundings for backward. On SmolLM2-135M on this repository's 2-core
-CPU, the same pair's forward and backward took 2.1 s on bf16 weights against 2.4 s under autocast,
-and 0.75 GB less memory (benchmarks/dpo_step.py has the trainer-level figures).
+CPU, the same pair's forward and backward took about as long either way (2.2-2.4 s), with 0.75 GB
+less memory on bf16 weights (docs/performance.md has the trainer-level figures).
 
 A copy is remade, tensor by tensor, when its master changed since it was made (the optimizer step
 and a checkpoint load write the masters in place, which bumps their version counter), so no caller

@@ -247,14 +247,14 @@ class SequenceLogprobModel(nn.Module):
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
         decoder = self.causal_lm.get_decoder()
         device_type = batch.input_ids.device.type
-        with self.computing(), torch.autocast(
-            device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-        ):
-            hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+        with self.computing():
+            with torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                hidden = decoder(**batch.model_inputs(), use_cache=False).last_hidden_state
+            # the head runs outside autocast, in the dtype chosen here: on GPU the compute dtype (bf16:
+            # tensor cores), not the fp32 the final norm hands back under autocast; on CPU the states'
+            # own dtype: bf16 on the compute weights (the chunked kernel's bf16 GEMMs), fp32 under
+            # autocast (its fp32 GEMMs). The kernels accumulate the log-softmax in fp32
             head = self.causal_lm.get_output_embeddings()
-            # on GPU the head GEMM runs in the compute dtype (bf16: tensor cores), not in the fp32 that the
-            # final norm hands back under autocast; the kernels accumulate the log-softmax in fp32. The CPU's
-            # chunked kernel computes in fp32 whatever it is given (bf16 is upcast a block at a time)
             compute_dtype = (self.autocast_dtype or hidden.dtype) if device_type == "cuda" else hidden.dtype
             scored = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.target_positions).to(compute_dtype)
             weight = head.weight.to(compute_dtype)

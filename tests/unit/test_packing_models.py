@@ -112,17 +112,17 @@ def test_packed_forward_reads_boundaries_without_device_sync(monkeypatch):
 
 
 def test_head_under_cpu_autocast_gets_fp32_and_matches_fp64(monkeypatch):
-    """Single-process bf16 on a CPU: the decoder computes in bf16, the head gets the fp32 states the
-    final norm returns and the fp32 weight (the chunked kernel computes in fp32 whatever it is given, so a
-    bf16 rounding would only lose bits; on GPU the head runs in bf16, tests/gpu/); the log-probs stay
-    within bf16 error of fp64."""
+    """Single-process bf16 under autocast on a CPU (LoRA's path): the decoder computes in bf16; the head,
+    outside autocast, gets the fp32 states the final norm returns and the fp32 weight, so the chunked
+    kernel's GEMMs run in fp32 (on GPU the head runs in bf16, tests/gpu/); the log-probs stay within
+    bf16 error of fp64."""
     sequences = _sequences()
     expected = plain_fp64_logps(_tiny("qwen2", seed=3), sequences)
     seen = []
     real = kernels.token_logprobs
 
     def recording(hidden, weight, targets, **kwargs):
-        seen.append((hidden.dtype, weight.dtype))
+        seen.append((hidden.dtype, weight.dtype, torch.is_autocast_enabled("cpu")))
         out = real(hidden, weight, targets, **kwargs)
         seen.append(out.dtype)
         return out
@@ -132,7 +132,8 @@ def test_head_under_cpu_autocast_gets_fp32_and_matches_fp64(monkeypatch):
     wrapper.autocast_dtype = torch.bfloat16
     batch = collate_sequences(sequences, pad_id=0, packed=True, share_prompts=True)
     totals, token_logps = sequence_logps(wrapper, batch)
-    assert seen == [(torch.float32, torch.float32), torch.float32]
+    # the head runs outside autocast (inside it, the chunked kernel's fp32 GEMMs would be cast to bf16)
+    assert seen == [(torch.float32, torch.float32, False), torch.float32]
     lengths = torch.tensor([len(s.response_ids) for s in sequences], dtype=torch.float64)
     # bf16 keeps 8 mantissa bits: per token about 2^-8 relative on logits of size ~log(VOCAB)
     error = (totals.detach().double() - expected).abs()
