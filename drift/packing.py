@@ -8,8 +8,9 @@ and runs, by device:
 - CUDA with flash-attn installed (the ``gpu`` extra): flash-attn's varlen kernel, one call per
   layer over the whole row;
 - CUDA without it: FlexAttention with a block mask built once per batch (per window size);
-- elsewhere: causal SDPA per sequence. A block-diagonal mask over the whole row would cost
-  O(row²) instead of Σ O(len²) and, on a CPU, roughly double the step.
+- elsewhere: causal SDPA per sequence (bf16 on a CPU: drift.cpu_attention, the same pieces in
+  batched GEMMs, faster there than SDPA's CPU kernel). A block-diagonal mask over the whole row
+  would cost O(row²) instead of Σ O(len²) and, on a CPU, roughly double the step.
 
 With shared prompts (``Segment``, see drift.tokenize) a segment is one prompt followed by several
 responses: the prompt and first response run as one causal piece, each further response attends
@@ -28,6 +29,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from drift import cpu_attention
 
 PACKED_SDPA = "drift_packed_sdpa"
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
@@ -166,7 +169,10 @@ def _gather_keys(tensor: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> t
 
 
 def sdpa_packed_attention(query, key, value, layout: PackedLayout, window, scaling, dropout_p=0.0):
-    """One SDPA call per piece; grouped-query K/V read in place (``enable_gqa``), never copied."""
+    """One SDPA call per piece; grouped-query K/V read in place (``enable_gqa``), never copied.
+    bf16 on a CPU runs drift.cpu_attention instead (faster than SDPA's CPU kernel there)."""
+    if cpu_attention.applies(query, dropout_p):
+        return _cpu_bf16_packed_attention(query, key, value, layout, window, scaling)
     gqa = query.shape[1] != key.shape[1]
     outputs = []
     for index, piece in enumerate(layout.pieces):
@@ -181,6 +187,25 @@ def sdpa_packed_attention(query, key, value, layout: PackedLayout, window, scali
                 attn_mask=mask, is_causal=mask is None, scale=scaling, dropout_p=dropout_p, enable_gqa=gqa,
             )
         )
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
+
+
+def _cpu_bf16_packed_attention(query, key, value, layout: PackedLayout, window, scaling):
+    groups = query.shape[1] // key.shape[1]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    outputs = []
+    for index, piece in enumerate(layout.pieces):
+        bias = layout.cached(
+            ("bias", index, window, groups, query.dtype, query.device),
+            lambda: cpu_attention.additive_mask(  # noqa: B023 (built at once, as in the loop above)
+                piece_mask(piece.q_length, piece.k_length, window, query.device),  # noqa: B023
+                piece.q_length, piece.k_length, groups, query.dtype, query.device,  # noqa: B023
+            ),
+        )
+        outputs.append(cpu_attention.grouped_attention(
+            query[:, :, piece.q_start : piece.q_end], _gather_keys(key, piece.keys), _gather_keys(value, piece.keys),
+            bias, scale,
+        ))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
 
 
