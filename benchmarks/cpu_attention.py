@@ -7,8 +7,10 @@ The pieces are those a DPO pair of benchmarks/dpo_step.py makes (a ~230-token pr
 responses): the prompt and chosen response as one causal piece, the rejected response's queries over
 the prompt's and its own keys; and a longer causal piece. Each is timed as SDPA (what packed
 attention ran before: its CPU flash kernel, grouped K/V read in place) and as drift.cpu_attention
-(what packed attention runs in bf16 on a CPU now). Median milliseconds of forward + backward (SDPA timed before and after ours, the speed-up taken
-against its faster run, so a machine slowing mid-run does not flatter ours); writes
+(what packed attention runs in bf16 on a CPU now): the median milliseconds of forward + backward
+(SDPA timed before and after ours, the speed-up taken against its faster run, so a machine slowing
+mid-run does not flatter ours), and of the forward alone without autograd (a reference pass; SDPA's
+kernel skips a causal piece's masked half, ours does not). Writes
 benchmarks/results/cpu_attention_cpu.json.
 """
 
@@ -57,10 +59,25 @@ def time_piece(q_length: int, k_length: int, repeats: int) -> dict:
     def ours():
         cpu_attention.grouped_attention(query, key, value, bias, scale).backward(grad)
 
+    def forward_only(function):
+        def run():
+            with torch.no_grad():
+                function()
+        return run
+
+    def sdpa_forward():
+        F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True)
+
+    def ours_forward():
+        cpu_attention.grouped_attention(query, key, value, bias, scale)
+
     row = {"q_length": q_length, "k_length": k_length}
-    for name, function in (("sdpa_ms", sdpa), ("ours_ms", ours), ("sdpa_again_ms", sdpa)):
+    for name, function in (("sdpa_ms", sdpa), ("ours_ms", ours), ("sdpa_again_ms", sdpa),
+                           ("sdpa_forward_ms", forward_only(sdpa_forward)), ("ours_forward_ms", forward_only(ours_forward)),
+                           ("sdpa_forward_again_ms", forward_only(sdpa_forward))):
         row[name] = _median_ms(function, repeats)
     row["speedup"] = min(row["sdpa_ms"], row["sdpa_again_ms"]) / row["ours_ms"]
+    row["forward_only_speedup"] = min(row["sdpa_forward_ms"], row["sdpa_forward_again_ms"]) / row["ours_forward_ms"]
     return row
 
 
@@ -70,10 +87,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_attention_cpu.json"))
     args = parser.parse_args()
     rows = {name: time_piece(*shape, args.repeats) for name, shape in PIECES.items()}
-    print(f"{'piece':<32} {'Lq x Lk':>11} {'SDPA ms':>8} {'ours ms':>8} {'SDPA again':>10} {'speed-up':>8}")
+    print(f"{'piece':<32} {'Lq x Lk':>11} {'SDPA ms':>8} {'ours ms':>8} {'SDPA again':>10} {'speed-up':>8} {'forward only':>13}")
     for name, row in rows.items():
         print(f"{name:<32} {row['q_length']:>4} x {row['k_length']:<4} {row['sdpa_ms']:>8.2f} {row['ours_ms']:>8.2f} "
-              f"{row['sdpa_again_ms']:>10.2f} {row['speedup']:>7.2f}x")
+              f"{row['sdpa_again_ms']:>10.2f} {row['speedup']:>7.2f}x {row['forward_only_speedup']:>12.2f}x")
     report = {"benchmark": "cpu_attention", "threads": torch.get_num_threads(), "heads": HEADS, "kv_heads": KV_HEADS,
               "head_dim": DIM, "repeats": args.repeats, "pieces": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

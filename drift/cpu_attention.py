@@ -2,11 +2,12 @@
 
 What SDPA picks on a CPU, its flash-attention kernel, runs a bf16 backward at about a third of the
 rate of the GEMMs around it: on SmolLM2-135M's pieces (9 heads over 3 K/V heads, head dim 64; a
-360-token causal piece and a 130-token response over 360 keys) 15 ms a layer for one DPO pair's
+360-token causal piece and a 130-token response over 360 keys) 15-22 ms a layer for one DPO pair's
 forward and backward, a quarter of the whole step. Written as three batched GEMMs with the grouped
 heads stacked (each K/V head multiplies its query heads' rows at once, never copied per head) and
-torch's fused softmax, the same work takes 8.7 ms (``python benchmarks/cpu_attention.py`` prints
-both, per piece, on this machine).
+torch's fused softmax, the same work takes about half as long (``python benchmarks/cpu_attention.py``
+prints both, per piece, on this machine). It computes a causal piece's masked half, which SDPA's
+kernel skips: on a 500-token causal piece it is only about even with backward, slower forward-only.
 
 Numerics are transformers' eager attention in bf16: scores from a bf16 GEMM (fp32 accumulation,
 rounded to bf16 once), softmax computed in fp32 inside the kernel and rounded to bf16, P @ V in
