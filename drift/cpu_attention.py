@@ -22,14 +22,10 @@ from __future__ import annotations
 import torch
 
 
-def additive_mask(allowed: torch.Tensor | None, q_length: int, k_length: int, groups: int, dtype: torch.dtype,
-                  device=None) -> torch.Tensor:
-    """[groups * Lq, Lk]: 0 where a query attends a key, -inf elsewhere; ``allowed`` None is the
-    bottom-right aligned causal mask. Rows repeat per query head of a K/V head (the stacked layout)."""
-    if allowed is None:
-        query_positions = torch.arange(k_length - q_length, k_length, device=device)
-        allowed = query_positions[:, None] >= torch.arange(k_length, device=device)[None, :]
-    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+def additive_mask(allowed: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """[groups * Lq, Lk] from a boolean [Lq, Lk] ``allowed`` (drift.packing.allowed_keys): 0 where a query
+    attends a key, -inf elsewhere, rows repeated per query head of a K/V head (the stacked layout)."""
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     return bias.repeat(groups, 1)
 
 
@@ -39,13 +35,17 @@ def _stacked(query: torch.Tensor, kv_heads: int, scale: float) -> torch.Tensor:
     return (query * scale).reshape(kv_heads, (heads // kv_heads) * q_length, dim)
 
 
+def _probabilities(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float):
+    """(the stacked, pre-scaled queries, softmax(q k^T + bias) [KV, (H/KV) * Lq, Lk]): forward and backward alike."""
+    stacked = _stacked(query, key.shape[1], scale)
+    return stacked, torch.softmax(torch.baddbmm(bias, stacked, key[0].transpose(1, 2)), dim=-1)
+
+
 class GroupedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, bias, scale):
         _, heads, q_length, dim = query.shape
-        kv_heads = key.shape[1]
-        stacked = _stacked(query, kv_heads, scale)
-        probabilities = torch.softmax(torch.baddbmm(bias, stacked, key[0].transpose(1, 2)), dim=-1)
+        _, probabilities = _probabilities(query, key, bias, scale)
         output = torch.bmm(probabilities, value[0])
         ctx.save_for_backward(query, key, value, bias)
         ctx.scale = scale
@@ -56,8 +56,7 @@ class GroupedAttention(torch.autograd.Function):
         query, key, value, bias = ctx.saved_tensors
         _, heads, q_length, dim = query.shape
         kv_heads = key.shape[1]
-        stacked = _stacked(query, kv_heads, ctx.scale)
-        probabilities = torch.softmax(torch.baddbmm(bias, stacked, key[0].transpose(1, 2)), dim=-1)
+        stacked, probabilities = _probabilities(query, key, bias, ctx.scale)
         grad_stacked = grad_output.reshape(kv_heads, (heads // kv_heads) * q_length, dim)
         grad_value = torch.bmm(probabilities.transpose(1, 2), grad_stacked)
         grad_probabilities = torch.bmm(grad_stacked, value[0].transpose(1, 2))

@@ -93,18 +93,21 @@ def _pieces(bounds: tuple[int, ...], segments) -> list[Piece]:
     return pieces
 
 
-def piece_mask(q_length: int, k_length: int, window: int | None, device=None) -> torch.Tensor | None:
-    """Boolean [Lq, Lk] mask (True = attend) for a bottom-right aligned piece; None when plain
-    causal (``is_causal=True``, SDPA's fast kernels) already says it."""
-    window_matters = window is not None and window < k_length
-    if q_length == k_length and not window_matters:
-        return None
+def allowed_keys(q_length: int, k_length: int, window: int | None, device=None) -> torch.Tensor:
+    """Boolean [Lq, Lk] mask (True = attend) for a bottom-right aligned piece."""
     query_positions = torch.arange(k_length - q_length, k_length, device=device)
     distance = query_positions[:, None] - torch.arange(k_length, device=device)[None, :]
     mask = distance >= 0
-    if window_matters:
+    if window is not None and window < k_length:
         mask &= distance < window
     return mask
+
+
+def piece_mask(q_length: int, k_length: int, window: int | None, device=None) -> torch.Tensor | None:
+    """``allowed_keys``, or None when plain causal (``is_causal=True``, SDPA's fast kernels) already says it."""
+    if q_length == k_length and (window is None or window >= k_length):
+        return None
+    return allowed_keys(q_length, k_length, window, device)
 
 
 def _window(module, kwargs) -> int | None:
@@ -169,42 +172,31 @@ def _gather_keys(tensor: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> t
 
 
 def sdpa_packed_attention(query, key, value, layout: PackedLayout, window, scaling, dropout_p=0.0):
-    """One SDPA call per piece; grouped-query K/V read in place (``enable_gqa``), never copied.
-    bf16 on a CPU runs drift.cpu_attention instead (faster than SDPA's CPU kernel there)."""
-    if cpu_attention.applies(query, dropout_p):
-        return _cpu_bf16_packed_attention(query, key, value, layout, window, scaling)
-    gqa = query.shape[1] != key.shape[1]
+    """One attention call per piece; grouped-query K/V read in place, never copied: SDPA
+    (``enable_gqa``), or in bf16 on a CPU drift.cpu_attention (faster than SDPA's CPU kernel there)."""
+    bf16_cpu = cpu_attention.applies(query, dropout_p)
+    groups = query.shape[1] // key.shape[1]
     outputs = []
     for index, piece in enumerate(layout.pieces):
+        q = query[:, :, piece.q_start : piece.q_end]
+        k, v = _gather_keys(key, piece.keys), _gather_keys(value, piece.keys)
+        # cached() calls the builders at once, so the loop's current piece is the one they read
+        if bf16_cpu:
+            bias = layout.cached(
+                ("bias", index, window, groups, query.dtype, query.device),
+                lambda: cpu_attention.additive_mask(  # noqa: B023
+                    allowed_keys(piece.q_length, piece.k_length, window, query.device), groups, query.dtype  # noqa: B023
+                ),
+            )
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            outputs.append(cpu_attention.grouped_attention(q, k, v, bias, scale))
+            continue
         mask = layout.cached(
             ("mask", index, window, query.device),
-            # cached() calls the builder at once, so the loop's current piece is the one it reads
             lambda: piece_mask(piece.q_length, piece.k_length, window, query.device),  # noqa: B023
         )
-        outputs.append(
-            F.scaled_dot_product_attention(
-                query[:, :, piece.q_start : piece.q_end], _gather_keys(key, piece.keys), _gather_keys(value, piece.keys),
-                attn_mask=mask, is_causal=mask is None, scale=scaling, dropout_p=dropout_p, enable_gqa=gqa,
-            )
-        )
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
-
-
-def _cpu_bf16_packed_attention(query, key, value, layout: PackedLayout, window, scaling):
-    groups = query.shape[1] // key.shape[1]
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    outputs = []
-    for index, piece in enumerate(layout.pieces):
-        bias = layout.cached(
-            ("bias", index, window, groups, query.dtype, query.device),
-            lambda: cpu_attention.additive_mask(  # noqa: B023 (built at once, as in the loop above)
-                piece_mask(piece.q_length, piece.k_length, window, query.device),  # noqa: B023
-                piece.q_length, piece.k_length, groups, query.dtype, query.device,  # noqa: B023
-            ),
-        )
-        outputs.append(cpu_attention.grouped_attention(
-            query[:, :, piece.q_start : piece.q_end], _gather_keys(key, piece.keys), _gather_keys(value, piece.keys),
-            bias, scale,
+        outputs.append(F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, dropout_p=dropout_p, enable_gqa=groups > 1,
         ))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
 

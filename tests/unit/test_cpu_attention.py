@@ -55,8 +55,7 @@ def test_grouped_attention_matches_fp64_within_bf16_and_sdpa(q_length, k_length,
         (output.float() * weights).sum().backward()
         return _errors([output] + [t.grad for t in leaves], references)
 
-    bias = cpu_attention.additive_mask(packing.piece_mask(q_length, k_length, window), q_length, k_length,
-                                       HEADS // KV_HEADS, torch.bfloat16)
+    bias = cpu_attention.additive_mask(packing.allowed_keys(q_length, k_length, window), HEADS // KV_HEADS, torch.bfloat16)
     ours = run(lambda q, k, v: cpu_attention.grouped_attention(q, k, v, bias, scale))
     sdpa = run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True))
     for name, error, theirs, reference in zip(("output", "query", "key", "value"), ours, sdpa, references):
@@ -67,7 +66,7 @@ def test_grouped_attention_matches_fp64_within_bf16_and_sdpa(q_length, k_length,
 
 def test_additive_mask_by_hand():
     # 2 queries (positions 1, 2 of 3 keys), causal, 2 query heads per K/V head: rows repeat per head
-    bias = cpu_attention.additive_mask(None, 2, 3, 2, torch.float32)
+    bias = cpu_attention.additive_mask(packing.allowed_keys(2, 3, None), 2, torch.float32)
     inf = float("-inf")
     assert torch.equal(bias, torch.tensor([[0.0, 0.0, inf], [0.0, 0.0, 0.0]] * 2))
 
